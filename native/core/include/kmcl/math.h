@@ -1,0 +1,157 @@
+// Per-element math of the KMCL loss (spec/kmcl-loss.md), compiled for the CPU and, under nvcc,
+// for the GPU, so that both paths evaluate the very same formulas. Templates on the scalar type:
+// float for the shipped paths, double for the test build.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define KMCL_HD __host__ __device__ __forceinline__
+#else
+#define KMCL_HD inline
+#endif
+
+namespace kmcl {
+namespace math {
+
+KMCL_HD float kexp(float x) { return expf(x); }
+KMCL_HD double kexp(double x) { return exp(x); }
+KMCL_HD float klog(float x) { return logf(x); }
+KMCL_HD double klog(double x) { return log(x); }
+KMCL_HD float klog1p(float x) { return log1pf(x); }
+KMCL_HD double klog1p(double x) { return log1p(x); }
+KMCL_HD float kpow(float x, float y) { return powf(x, y); }
+KMCL_HD double kpow(double x, double y) { return pow(x, y); }
+KMCL_HD float kabs(float x) { return fabsf(x); }
+KMCL_HD double kabs(double x) { return fabs(x); }
+
+// FLT_MIN: the reference implementation's clamp of e^E (spec section 2, reference form).
+constexpr double kFltMin = 1.17549435e-38;
+
+template <class T>
+KMCL_HD T sigmoid(T a) {
+  // Evaluated on the side where exp cannot overflow.
+  if (a >= T(0)) return T(1) / (T(1) + kexp(-a));
+  const T e = kexp(a);
+  return e / (T(1) + e);
+}
+
+// log(sigmoid(a)) = -softplus(-a), exact for large |a|.
+template <class T>
+KMCL_HD T logSigmoid(T a) {
+  return (a >= T(0) ? T(0) : a) - klog1p(kexp(-kabs(a)));
+}
+
+// x^g with 0^0 = 1 (spec section 1).
+template <class T>
+KMCL_HD T powZeroOne(T x, T g) {
+  if (g == T(0)) return T(1);
+  if (x <= T(0)) return T(0);
+  return kpow(x, g);
+}
+
+template <class T>
+struct AslParams {
+  T gammaNeg, gammaPos, clip, eps;
+  bool detachFocalWeight;
+};
+
+// One (sample, class) term of the asymmetric loss, spec section 1: loss = -w·ℓ and d loss/d logit.
+template <class T>
+struct AslTerm {
+  T loss;
+  T dLogit;
+};
+
+template <class T>
+KMCL_HD AslTerm<T> aslTerm(T a, bool positive, const AslParams<T>& o) {
+  const T p = sigmoid(a);
+  const T q = sigmoid(-a);  // 1 - p without cancellation
+  T ell, dEll, w, dW;
+  if (positive) {
+    // ℓ = log(max(p, eps)); pt = p; w = (1 - p)^γ+.
+    if (p > o.eps) {
+      ell = logSigmoid(a);
+      dEll = q;
+    } else {
+      ell = klog(o.eps);
+      dEll = T(0);
+    }
+    w = powZeroOne(q, o.gammaPos);
+    // dw/da = -γ (1-p)^(γ-1) · p(1-p) = -γ p (1-p)^γ: no singularity at p = 1.
+    dW = -o.gammaPos * p * w;
+  } else {
+    // p⁻ = min(1, 1 - p + clip); ℓ = log(max(p⁻, eps)); pt = p⁻; w = (1 - p⁻)^γ-.
+    T pm, oneMinusPm, dPm;  // dPm = dp⁻/da
+    if (o.clip == T(0)) {
+      pm = q;
+      oneMinusPm = p;
+      dPm = -p * q;
+    } else if (p > o.clip) {
+      pm = q + o.clip;
+      oneMinusPm = p - o.clip;
+      dPm = -p * q;
+    } else {
+      pm = T(1);
+      oneMinusPm = T(0);
+      dPm = T(0);
+    }
+    if (pm > o.eps) {
+      ell = (o.clip == T(0)) ? logSigmoid(-a) : klog(pm);
+      dEll = (o.clip == T(0)) ? -p : dPm / pm;
+    } else {
+      ell = klog(o.eps);
+      dEll = T(0);
+    }
+    w = powZeroOne(oneMinusPm, o.gammaNeg);
+    // dw/da = γ (1-p⁻)^(γ-1) · (-dp⁻/da); zero where 1 - p⁻ = 0 (subgradient at the kink).
+    if (o.gammaNeg == T(0) || oneMinusPm <= T(0)) {
+      dW = T(0);
+    } else {
+      dW = -o.gammaNeg * powZeroOne(oneMinusPm, o.gammaNeg - T(1)) * dPm;
+    }
+  }
+  AslTerm<T> r;
+  r.loss = -w * ell;
+  r.dLogit = -(w * dEll + (o.detachFocalWeight ? T(0) : ell * dW));
+  return r;
+}
+
+// One feature dim of the Bhattacharyya distance between N(μ_i, a) and N(μ_l, b), spec section 3:
+//   t = ¼ Δ²/(a+b) + ½ log((a+b) / (2√(ab)))  =  quadratic part + log part.
+// The log part is evaluated as ¼ log1p((a-b)² / (4ab)), since (a+b)² - 4ab = (a-b)²: no
+// cancellation when a ≈ b, one logarithm, and no per-sample log table. inv = 1/(a+b),
+// invA = 1/a and invB = 1/b come precomputed.
+template <class T>
+KMCL_HD T bhattacharyyaQuad(T delta, T inv) {
+  return T(0.25) * delta * delta * inv;
+}
+
+template <class T>
+KMCL_HD T bhattacharyyaLog(T a, T b, T invA, T invB) {
+  const T d = a - b;
+  return T(0.25) * klog1p(T(0.25) * d * d * invA * invB);
+}
+
+// ∂quad/∂μ_i = Δ/(2(a+b)) = -∂quad/∂μ_l
+template <class T>
+KMCL_HD T bhattacharyyaQuadDMu(T delta, T inv) {
+  return T(0.5) * delta * inv;
+}
+
+// ∂quad/∂a = ∂quad/∂b = -Δ²/(4(a+b)²)
+template <class T>
+KMCL_HD T bhattacharyyaQuadDVar(T delta, T inv) {
+  const T x = delta * inv;
+  return T(-0.25) * x * x;
+}
+
+// ∂log/∂a = 1/(2(a+b)) - 1/(4a) = (a-b)/(4a(a+b)); ∂log/∂b = (b-a)/(4b(a+b)).
+// Together with the quadratic part this is the spec's ∂t/∂a, without its cancellation at a = b.
+template <class T>
+KMCL_HD T bhattacharyyaLogDA(T a, T b, T inv, T invA) {
+  return T(0.25) * (a - b) * inv * invA;
+}
+
+}  // namespace math
+}  // namespace kmcl

@@ -1,0 +1,544 @@
+// The CPU path of the KMCL loss (spec/kmcl-loss.md): forward and gradients, multithreaded,
+// deterministic for any thread count. Per-element formulas come from kmcl/math.h, which the
+// CUDA path compiles too.
+//
+// Memory beyond inputs and outputs: double accumulators of the gradients (the size of the
+// inputs), per-(sample, class) statistics (online max and sum of e, Q, active lists) and
+// per-sample label bitsets: O(B·K·D + B·K). No B×B×K×M (nor B×B) buffer exists.
+
+#include <algorithm>
+#include <cstdio>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kmcl/kmcl.h"
+#include "kmcl/math.h"
+#include "thread_pool.h"
+
+namespace kmcl {
+
+namespace {
+
+std::string str(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.9g", v);
+  return buf;
+}
+
+int popcount64(uint64_t x) { return __builtin_popcountll(x); }
+
+// Visits every unordered pair {i, l} (i != l) exactly once. Samples are cut into blocks; tiles of
+// two blocks run in rounds (the circle method of a round-robin tournament) in which no two tiles
+// share a block, so a visit may update the rows of both i and l without locks. The order of every
+// row's updates is fixed by the schedule, which depends on B only, never on the thread count.
+template <class Visit>
+void forEachPair(int threads, int64_t B, const Visit& visit) {
+  if (B < 2) return;
+  const int64_t tile = std::min<int64_t>(32, std::max<int64_t>(4, (B + 15) / 16));
+  const int64_t nb = (B + tile - 1) / tile;
+  auto& pool = ThreadPool::instance();
+  auto lo = [&](int64_t b) { return b * tile; };
+  auto hi = [&](int64_t b) { return std::min(B, (b + 1) * tile); };
+  // Diagonal tiles: pairs inside one block.
+  pool.run(threads, nb, [&](int64_t b) {
+    for (int64_t i = lo(b); i < hi(b); ++i)
+      for (int64_t l = i + 1; l < hi(b); ++l) visit(i, l);
+  });
+  if (nb < 2) return;
+  const int64_t n = nb + (nb & 1);  // even number of players; player nb is a bye when nb is odd
+  std::vector<std::pair<int64_t, int64_t>> tiles;
+  tiles.reserve(n / 2);
+  for (int64_t r = 0; r < n - 1; ++r) {
+    tiles.clear();
+    auto add = [&](int64_t x, int64_t y) {
+      if (x < nb && y < nb) tiles.emplace_back(std::min(x, y), std::max(x, y));
+    };
+    add(n - 1, r);
+    for (int64_t j = 1; j < n / 2; ++j) add((r + j) % (n - 1), (r - j + (n - 1)) % (n - 1));
+    pool.run(threads, static_cast<int64_t>(tiles.size()), [&](int64_t t) {
+      const auto [x, y] = tiles[t];
+      for (int64_t i = lo(x); i < hi(x); ++i)
+        for (int64_t l = lo(y); l < hi(y); ++l) visit(i, l);
+    });
+  }
+}
+
+// Rows [begin, end) in chunks, for per-sample work.
+template <class Fn>
+void forEachRow(int threads, int64_t B, const Fn& fn) {
+  const int64_t chunk = std::max<int64_t>(1, (B + 63) / 64);
+  const int64_t chunks = (B + chunk - 1) / chunk;
+  ThreadPool::instance().run(threads, chunks, [&](int64_t c) {
+    const int64_t end = std::min(B, (c + 1) * chunk);
+    for (int64_t i = c * chunk; i < end; ++i) fn(i);
+  });
+}
+
+// Online sum of exp((u - max)/τ): the running max keeps every exponent ≤ 0, so no temperature
+// overflows and the sum is ≥ 1 (spec: log-space where values underflow).
+struct OnlineSum {
+  double max = 0;
+  double sum = 0;  // 0 means empty
+  void add(double u, double invTau) {
+    if (sum == 0) {
+      max = u;
+      sum = 1;
+    } else if (u > max) {
+      sum = sum * std::exp((max - u) * invTau) + 1;
+      max = u;
+    } else {
+      sum += std::exp((u - max) * invTau);
+    }
+  }
+  // e_u / S
+  double ratio(double u, double invTau) const { return std::exp((u - max) * invTau) / sum; }
+};
+
+template <class T>
+struct Context {
+  const Problem<T>& p;
+  const Options& o;
+  int64_t B, K, M, D, Kv, Dv, W;
+  std::vector<T> invVariance;
+  std::vector<uint64_t> bits;      // labels, W words per sample
+  std::vector<int> labelCount;     // |y_i|
+  std::vector<int64_t> anchorSize; // |A(i)|
+  std::vector<int64_t> actStart;   // CSR of active (anchor, class) rows
+  std::vector<int32_t> actClass;
+  std::vector<uint8_t> active;     // B·K: row (i, k) is an anchor row
+
+  Context(const Problem<T>& problem, const Options& options)
+      : p(problem),
+        o(options),
+        B(problem.shape.batch),
+        K(problem.shape.classes),
+        M(problem.shape.dim),
+        D(problem.shape.muDim),
+        Kv(problem.shape.varianceClasses),
+        Dv(problem.shape.varianceDim),
+        W((problem.shape.classes + 63) / 64) {}
+
+  const T* muRow(int64_t i, int64_t k) const { return p.mu + (i * K + k) * D; }
+  int64_t varOffset(int64_t i, int64_t k) const { return (i * Kv + (Kv == 1 ? 0 : k)) * Dv; }
+  bool label(int64_t i, int64_t k) const { return (bits[i * W + (k >> 6)] >> (k & 63)) & 1; }
+
+  int overlap(int64_t i, int64_t l) const {
+    int c = 0;
+    for (int64_t w = 0; w < W; ++w) c += popcount64(bits[i * W + w] & bits[l * W + w]);
+    return c;
+  }
+
+  // Dist_ilk of spec section 3 (distanceScale applied).
+  T distance(int64_t i, int64_t l, int64_t k) const {
+    const T* mi = muRow(i, k);
+    const T* ml = muRow(l, k);
+    const int64_t oi = varOffset(i, k), ol = varOffset(l, k);
+    const T* vi = p.variance + oi;
+    const T* vl = p.variance + ol;
+    const T* ivi = invVariance.data() + oi;
+    const T* ivl = invVariance.data() + ol;
+    const T s = T(o.distanceScale);
+    if (Dv == 1) {
+      const T inv = T(1) / (vi[0] + vl[0]);
+      const T logTerm = math::bhattacharyyaLog(vi[0], vl[0], ivi[0], ivl[0]);
+      T quad = 0;
+      for (int64_t m = 0; m < D; ++m) quad += math::bhattacharyyaQuad(mi[m] - ml[m], inv);
+      // Isotropic (D = 1): the M dims are equal, so M·t. The log part is the same on every dim.
+      const T dims = D == 1 ? T(M) : T(1);
+      return s * (dims * quad + T(M) * logTerm);
+    }
+    T t = 0;
+    for (int64_t m = 0; m < D; ++m) {
+      const T d = mi[m] - ml[m];
+      const T inv = T(1) / (vi[m] + vl[m]);
+      t += math::bhattacharyyaQuad(d, inv) + math::bhattacharyyaLog(vi[m], vl[m], ivi[m], ivl[m]);
+    }
+    return s * t;
+  }
+
+  // Adds G · ∂Dist_ilk/∂(mu, variance) into the double accumulators of samples i and l.
+  void accumulateDistanceGrad(int64_t i, int64_t l, int64_t k, double G, double* gMu, double* gVar) const {
+    const T* mi = muRow(i, k);
+    const T* ml = muRow(l, k);
+    const int64_t oi = varOffset(i, k), ol = varOffset(l, k);
+    const T* vi = p.variance + oi;
+    const T* vl = p.variance + ol;
+    const T* ivi = invVariance.data() + oi;
+    const T* ivl = invVariance.data() + ol;
+    double* gmi = gMu + (i * K + k) * D;
+    double* gml = gMu + (l * K + k) * D;
+    const double g = G * o.distanceScale;
+    if (Dv == 1) {
+      const T a = vi[0], b = vl[0];
+      const T inv = T(1) / (a + b);
+      const double dims = D == 1 ? double(M) : 1.0;
+      double dVar = 0;  // quadratic part, shared by a and b
+      for (int64_t m = 0; m < D; ++m) {
+        const T d = mi[m] - ml[m];
+        const double dm = g * dims * double(math::bhattacharyyaQuadDMu(d, inv));
+        gmi[m] += dm;
+        gml[m] -= dm;
+        dVar += double(math::bhattacharyyaQuadDVar(d, inv));
+      }
+      gVar[oi] += g * (dims * dVar + double(M) * double(math::bhattacharyyaLogDA(a, b, inv, ivi[0])));
+      gVar[ol] += g * (dims * dVar + double(M) * double(math::bhattacharyyaLogDA(b, a, inv, ivl[0])));
+      return;
+    }
+    for (int64_t m = 0; m < D; ++m) {
+      const T a = vi[m], b = vl[m];
+      const T inv = T(1) / (a + b);
+      const T d = mi[m] - ml[m];
+      const double dm = g * double(math::bhattacharyyaQuadDMu(d, inv));
+      const double dq = double(math::bhattacharyyaQuadDVar(d, inv));
+      gmi[m] += dm;
+      gml[m] -= dm;
+      gVar[oi + m] += g * (dq + double(math::bhattacharyyaLogDA(a, b, inv, ivi[m])));
+      gVar[ol + m] += g * (dq + double(math::bhattacharyyaLogDA(b, a, inv, ivl[m])));
+    }
+  }
+};
+
+int envThreads() {
+  const char* s = std::getenv("KMCL_NUM_THREADS");
+  if (!s || !*s) return 0;
+  char* end = nullptr;
+  const long v = std::strtol(s, &end, 10);
+  if (*end != '\0' || v <= 0 || v > 1024) {
+    throw std::invalid_argument(std::string("KMCL_NUM_THREADS must be an integer from 1 to 1024, got \"") + s + "\"");
+  }
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+int cpuThreadCount(int requested) {
+  if (requested > 0) return requested;
+  const int env = envThreads();
+  if (env > 0) return env;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+void checkShapeAndOptions(const Shape& s, const Options& o) {
+  auto positive = [](const char* name, int64_t v) {
+    if (v <= 0) throw std::invalid_argument(std::string(name) + " must be a positive integer, got " + std::to_string(v));
+  };
+  positive("batch", s.batch);
+  positive("classes", s.classes);
+  positive("dim", s.dim);
+  if (s.muDim != 1 && s.muDim != s.dim) {
+    throw std::invalid_argument("muDim must be 1 or dim (" + std::to_string(s.dim) + "), got " + std::to_string(s.muDim));
+  }
+  if (s.varianceClasses != 1 && s.varianceClasses != s.classes) {
+    throw std::invalid_argument("varianceShape[0] must be 1 or classes (" + std::to_string(s.classes) + "), got " +
+                                std::to_string(s.varianceClasses));
+  }
+  if (s.varianceDim != 1 && s.varianceDim != s.muDim) {
+    throw std::invalid_argument("varianceShape[1] must be 1 or muDim (" + std::to_string(s.muDim) + "), got " +
+                                std::to_string(s.varianceDim));
+  }
+  auto finite = [](const char* name, double v) {
+    if (!std::isfinite(v)) throw std::invalid_argument(std::string("options.") + name + " must be finite, got " + str(v));
+  };
+  finite("temperature", o.temperature);
+  finite("gammaNeg", o.gammaNeg);
+  finite("gammaPos", o.gammaPos);
+  finite("clip", o.clip);
+  finite("eps", o.eps);
+  finite("logEps", o.logEps);
+  finite("distanceScale", o.distanceScale);
+  if (!(o.temperature > 0)) throw std::invalid_argument("options.temperature must be > 0, got " + str(o.temperature));
+  if (!(o.gammaNeg >= 0)) throw std::invalid_argument("options.gammaNeg must be >= 0, got " + str(o.gammaNeg));
+  if (!(o.gammaPos >= 0)) throw std::invalid_argument("options.gammaPos must be >= 0, got " + str(o.gammaPos));
+  if (!(o.clip >= 0 && o.clip < 1)) throw std::invalid_argument("options.clip must be in [0, 1), got " + str(o.clip));
+  if (!(o.eps > 0)) throw std::invalid_argument("options.eps must be > 0, got " + str(o.eps));
+  if (!(o.logEps > 0)) throw std::invalid_argument("options.logEps must be > 0, got " + str(o.logEps));
+  if (!(o.distanceScale > 0)) throw std::invalid_argument("options.distanceScale must be > 0, got " + str(o.distanceScale));
+  const double w[3] = {o.weightAsl, o.weightReconstruction, o.weightContrastive};
+  const char* wn[3] = {"options.weights.asl", "options.weights.reconstruction", "options.weights.contrastive"};
+  for (int j = 0; j < 3; ++j) {
+    if (!(std::isfinite(w[j]) && w[j] >= 0)) throw std::invalid_argument(std::string(wn[j]) + " must be a finite number >= 0, got " + str(w[j]));
+  }
+}
+
+template <class T>
+LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradients<T>* gradients, int numThreads) {
+  const Shape& sh = problem.shape;
+  checkShapeAndOptions(sh, o);
+  if (!problem.features || !problem.logits || !problem.labels || !problem.mu || !problem.variance) {
+    throw std::invalid_argument("computeCpu: an input pointer is null");
+  }
+  const int threads = cpuThreadCount(numThreads);
+  const bool wantGrad = gradients != nullptr;
+  Context<T> c(problem, o);
+  const int64_t B = c.B, K = c.K, M = c.M, D = c.D, W = c.W;
+
+  std::vector<double> gLogits, gFeatures, gMu, gVar;
+  if (wantGrad) {
+    gLogits.assign(sh.logitsSize(), 0.0);
+    gFeatures.assign(sh.featuresSize(), 0.0);
+    gMu.assign(sh.muSize(), 0.0);
+    gVar.assign(sh.varianceSize(), 0.0);
+  }
+
+  c.invVariance.resize(sh.varianceSize());
+  for (int64_t j = 0; j < sh.varianceSize(); ++j) c.invVariance[j] = T(1) / problem.variance[j];
+  c.bits.assign(B * W, 0);
+  c.labelCount.assign(B, 0);
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t k = 0; k < K; ++k)
+      if (problem.labels[i * K + k] != T(0)) {
+        c.bits[i * W + (k >> 6)] |= uint64_t(1) << (k & 63);
+        ++c.labelCount[i];
+      }
+
+  // ---- 1. ASL and 2. reconstruction: per sample, each row owned by one task. ----
+  std::vector<double> aslRow(B, 0.0), recRow(B, 0.0);
+  const math::AslParams<T> asl{T(o.gammaNeg), T(o.gammaPos), T(o.clip), T(o.eps), o.detachFocalWeight};
+  const double logEps = std::log(o.eps);
+  const double invB = 1.0 / double(B);
+  forEachRow(threads, B, [&](int64_t i) {
+    double aslSum = 0;
+    std::vector<double> u(K), logp(K), ee(K);
+    std::vector<uint8_t> clamped(K, 0);
+    const T* a = problem.logits + i * K;
+    const T* z = problem.features + i * M;
+    for (int64_t k = 0; k < K; ++k) {
+      const auto term = math::aslTerm<T>(a[k], c.label(i, k), asl);
+      aslSum += double(term.loss);
+      if (wantGrad) gLogits[i * K + k] += o.weightAsl * double(term.dLogit);
+    }
+    aslRow[i] = aslSum;
+
+    // E_ik = -½ Σ_m (z_im - μ_ik,m)² / v_ik,m
+    for (int64_t k = 0; k < K; ++k) {
+      const T* mu = c.muRow(i, k);
+      const int64_t ov = c.varOffset(i, k);
+      const T* iv = c.invVariance.data() + ov;
+      T e = 0;
+      for (int64_t m = 0; m < M; ++m) {
+        const T d = z[m] - mu[D == 1 ? 0 : m];
+        e += d * d * iv[c.Dv == 1 ? 0 : m];
+      }
+      u[k] = -0.5 * double(e);
+      logp[k] = double(math::logSigmoid(a[k]));
+    }
+    // gE: ∂L/∂E_ik, gLogP: ∂L/∂log p_ik (both already divided by B and weighted).
+    std::vector<double> gE(K, 0.0), gLogP(K, 0.0);
+    bool hasGrad = false;
+    if (c.labelCount[i] == 0) {
+      recRow[i] = -logEps;  // r_i = 0: the constant -log(eps), zero gradient
+    } else if (o.stableReconstruction) {
+      double maxAll = -std::numeric_limits<double>::infinity(), maxPos = maxAll;
+      for (int64_t k = 0; k < K; ++k) {
+        const double v = u[k] + logp[k];
+        maxAll = std::max(maxAll, v);
+        if (c.label(i, k)) maxPos = std::max(maxPos, v);
+      }
+      double sumAll = 0, sumPos = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double v = u[k] + logp[k];
+        sumAll += std::exp(v - maxAll);
+        if (c.label(i, k)) sumPos += std::exp(v - maxPos);
+      }
+      const double lsePos = maxPos + std::log(sumPos), lseAll = maxAll + std::log(sumAll);
+      const double logR = lsePos - lseAll;
+      if (!(logR >= logEps)) {
+        recRow[i] = -logEps;
+      } else {
+        recRow[i] = -logR;
+        hasGrad = true;
+        for (int64_t k = 0; k < K; ++k) {
+          const double v = u[k] + logp[k];
+          const double alpha = c.label(i, k) ? std::exp(v - lsePos) : 0.0;
+          const double beta = std::exp(v - lseAll);
+          gE[k] = gLogP[k] = -(alpha - beta) * invB * o.weightReconstruction;
+        }
+      }
+    } else {
+      // Reference form: e^E replaced by max(e^E, FLT_MIN) in float32 semantics.
+      double num = 0, den = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const float e32 = std::exp(float(u[k]));
+        const bool isClamped = !(double(e32) >= math::kFltMin);
+        ee[k] = isClamped ? math::kFltMin : double(e32);
+        clamped[k] = isClamped;
+        const double pk = double(math::sigmoid(a[k]));
+        if (c.label(i, k)) num += pk * ee[k];
+        den += pk * ee[k];
+      }
+      const double r = den > 0 ? num / den : 0.0;
+      if (!(r >= o.eps)) {
+        recRow[i] = -logEps;
+      } else {
+        recRow[i] = -std::log(r);
+        hasGrad = true;
+        for (int64_t k = 0; k < K; ++k) {
+          const double pk = double(math::sigmoid(a[k]));
+          const double alpha = c.label(i, k) ? pk * ee[k] / num : 0.0;
+          const double beta = pk * ee[k] / den;
+          gLogP[k] = -(alpha - beta) * invB * o.weightReconstruction;
+          gE[k] = clamped[k] ? 0.0 : gLogP[k];
+        }
+      }
+    }
+    if (wantGrad && hasGrad) {
+      double* gz = gFeatures.data() + i * M;
+      for (int64_t k = 0; k < K; ++k) {
+        gLogits[i * K + k] += gLogP[k] * double(math::sigmoid(-a[k]));  // ∂log p/∂a = 1 - p
+        if (gE[k] == 0) continue;
+        const T* mu = c.muRow(i, k);
+        const int64_t ov = c.varOffset(i, k);
+        const T* iv = c.invVariance.data() + ov;
+        double* gmu = gMu.data() + (i * K + k) * D;
+        double* gv = gVar.data() + ov;
+        for (int64_t m = 0; m < M; ++m) {
+          const int64_t mm = D == 1 ? 0 : m, vm = c.Dv == 1 ? 0 : m;
+          const double d = double(z[m]) - double(mu[mm]);
+          const double ivm = double(iv[vm]);
+          const double dz = -gE[k] * d * ivm;  // ∂E/∂z = -(z - μ)/v
+          gz[m] += dz;
+          gmu[mm] -= dz;
+          gv[vm] += gE[k] * 0.5 * d * d * ivm * ivm;  // ∂E/∂v = ½ (z - μ)²/v²
+        }
+      }
+    }
+  });
+
+  // ---- 3. contrastive ----
+  c.anchorSize.assign(B, 0);
+  forEachRow(threads, B, [&](int64_t i) {
+    int64_t n = 0;
+    if (c.labelCount[i] > 0)
+      for (int64_t l = 0; l < B; ++l)
+        if (l != i && c.overlap(i, l) > 0) ++n;
+    c.anchorSize[i] = n;
+  });
+  c.actStart.assign(B + 1, 0);
+  c.active.assign(B * K, 0);
+  for (int64_t i = 0; i < B; ++i) {
+    c.actStart[i + 1] = c.actStart[i];
+    if (c.anchorSize[i] == 0) continue;
+    for (int64_t k = 0; k < K; ++k)
+      if (c.label(i, k)) {
+        c.actClass.push_back(int32_t(k));
+        c.active[i * K + k] = 1;
+        ++c.actStart[i + 1];
+      }
+  }
+  const double invTau = 1.0 / o.temperature;
+  // Merged walk over act(i) ∪ act(l), in increasing class order.
+  auto forUnion = [&](int64_t i, int64_t l, auto&& fn) {
+    int64_t a = c.actStart[i], ae = c.actStart[i + 1], b = c.actStart[l], be = c.actStart[l + 1];
+    while (a < ae || b < be) {
+      const int32_t ka = a < ae ? c.actClass[a] : INT32_MAX;
+      const int32_t kb = b < be ? c.actClass[b] : INT32_MAX;
+      const int32_t k = std::min(ka, kb);
+      fn(int64_t(k), ka == k, kb == k);
+      if (ka == k) ++a;
+      if (kb == k) ++b;
+    }
+  };
+
+  double contrastive = 0;
+  std::vector<double> Q;
+  std::vector<OnlineSum> S;
+  if (c.actClass.size() > 0) {
+    // Sweep 1: S_ik = Σ_{l≠i} e_ilk for every active anchor row, kept as (max BC, Σ e^{(BC-max)/τ}).
+    S.assign(B * K, OnlineSum{});
+    forEachPair(threads, B, [&](int64_t i, int64_t l) {
+      forUnion(i, l, [&](int64_t k, bool forI, bool forL) {
+        const double bc = std::exp(-double(c.distance(i, l, k)));
+        if (forI) S[i * K + k].add(bc, invTau);
+        if (forL) S[l * K + k].add(bc, invTau);
+      });
+    });
+    // Sweep 2 (co-positive pairs only): the loss and Q_ik = Σ_j q_ijk.
+    Q.assign(B * K, 0.0);
+    std::vector<double> conRow(B, 0.0);
+    forEachPair(threads, B, [&](int64_t i, int64_t l) {
+      const int ov = c.overlap(i, l);
+      if (ov == 0) return;
+      const double J = double(ov) / double(c.labelCount[i] + c.labelCount[l] - ov);
+      for (int64_t w = 0; w < W; ++w) {
+        uint64_t both = c.bits[i * W + w] & c.bits[l * W + w];
+        while (both) {
+          const int64_t k = w * 64 + __builtin_ctzll(both);
+          both &= both - 1;
+          const double bc = std::exp(-double(c.distance(i, l, k)));
+          const double xi = J * S[i * K + k].ratio(bc, invTau);
+          const double xl = J * S[l * K + k].ratio(bc, invTau);
+          conRow[i] += std::log(xi + o.logEps);
+          conRow[l] += std::log(xl + o.logEps);
+          Q[i * K + k] += xi / (xi + o.logEps);
+          Q[l * K + k] += xl / (xl + o.logEps);
+        }
+      }
+    });
+    for (int64_t i = 0; i < B; ++i)
+      if (c.anchorSize[i] > 0) contrastive += -conRow[i] / double(c.anchorSize[i]);
+    contrastive *= invB;
+
+    // Sweep 3: gradients. ∂L/∂BC_ilk = (c_i/τ)([l co-positive on k]·q_ilk − Q_ik e_ilk/S_ik), from
+    // each side whose row is active; ∂L/∂Dist = −BC · ∂L/∂BC.
+    if (wantGrad && o.weightContrastive > 0) {
+      std::vector<double> coef(B, 0.0);  // c_i/τ · weight
+      for (int64_t i = 0; i < B; ++i)
+        if (c.anchorSize[i] > 0) coef[i] = -o.weightContrastive * invB * invTau / double(c.anchorSize[i]);
+      forEachPair(threads, B, [&](int64_t i, int64_t l) {
+        const int ov = c.overlap(i, l);
+        const double J = ov > 0 ? double(ov) / double(c.labelCount[i] + c.labelCount[l] - ov) : 0.0;
+        forUnion(i, l, [&](int64_t k, bool forI, bool forL) {
+          const double bc = std::exp(-double(c.distance(i, l, k)));
+          const bool coPositive = forI && forL;
+          double dBC = 0;
+          if (forI) {
+            const double rho = S[i * K + k].ratio(bc, invTau);
+            double t = -Q[i * K + k] * rho;
+            if (coPositive) t += J * rho / (J * rho + o.logEps);
+            dBC += coef[i] * t;
+          }
+          if (forL) {
+            const double rho = S[l * K + k].ratio(bc, invTau);
+            double t = -Q[l * K + k] * rho;
+            if (coPositive) t += J * rho / (J * rho + o.logEps);
+            dBC += coef[l] * t;
+          }
+          const double G = -bc * dBC;
+          if (G != 0) c.accumulateDistanceGrad(i, l, k, G, gMu.data(), gVar.data());
+        });
+      });
+    }
+  }
+
+  LossParts r;
+  for (int64_t i = 0; i < B; ++i) {
+    r.asl += aslRow[i];
+    r.reconstruction += recRow[i];
+  }
+  r.reconstruction *= invB;
+  r.contrastive = contrastive;
+  r.loss = o.weightAsl * r.asl + o.weightReconstruction * r.reconstruction + o.weightContrastive * r.contrastive;
+
+  if (wantGrad) {
+    auto store = [](T* out, const std::vector<double>& g) {
+      if (out)
+        for (size_t j = 0; j < g.size(); ++j) out[j] = T(g[j]);
+    };
+    store(gradients->features, gFeatures);
+    store(gradients->logits, gLogits);
+    store(gradients->mu, gMu);
+    store(gradients->variance, gVar);
+  }
+  return r;
+}
+
+template LossParts computeCpu<float>(const Problem<float>&, const Options&, const Gradients<float>*, int);
+template LossParts computeCpu<double>(const Problem<double>&, const Options&, const Gradients<double>*, int);
+
+}  // namespace kmcl
