@@ -273,7 +273,11 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
   if (!problem.features || !problem.logits || !problem.labels || !problem.mu || !problem.variance) {
     throw std::invalid_argument("computeCpu: an input pointer is null");
   }
-  const int threads = cpuThreadCount(numThreads);
+  // Small problems run on the calling thread: waking the pool costs more than the work. The
+  // result is the same either way (the order of every sum is fixed by the schedule).
+  const double pairWork = double(sh.batch) * double(sh.batch) * double(std::max<int64_t>(sh.muDim, 4));
+  const int configured = cpuThreadCount(numThreads);  // also rejects a bad KMCL_NUM_THREADS
+  const int threads = pairWork < 65536.0 ? 1 : configured;
   const bool wantGrad = gradients != nullptr;
   Context<T> c(problem, o);
   const int64_t B = c.B, K = c.K, M = c.M, D = c.D, W = c.W;
@@ -361,12 +365,13 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
         }
       }
     } else {
-      // Reference form: e^E replaced by max(e^E, FLT_MIN) in float32 semantics.
+      // Reference form: e^E replaced by max(e^E, FLT_MIN), the float32 clamp of the reference
+      // code (every float32 e^E below FLT_MIN is denormal or 0, so the clamp takes the same values).
       double num = 0, den = 0;
       for (int64_t k = 0; k < K; ++k) {
-        const float e32 = std::exp(float(u[k]));
-        const bool isClamped = !(double(e32) >= math::kFltMin);
-        ee[k] = isClamped ? math::kFltMin : double(e32);
+        const double e = std::exp(u[k]);
+        const bool isClamped = !(e >= math::kFltMin);
+        ee[k] = isClamped ? math::kFltMin : e;
         clamped[k] = isClamped;
         const double pk = double(math::sigmoid(a[k]));
         if (c.label(i, k)) num += pk * ee[k];

@@ -1,0 +1,198 @@
+/**
+ * The framework-free API: the KMCL loss and its gradients on flat Float32Arrays.
+ * Every argument is validated before any native work; errors name the argument.
+ */
+import { describe, resolveOptions, type KmclLossOptions, type ResolvedOptions } from './options.js';
+import { nativeAddon, type NativeAddon, type NativeProblem } from './native.js';
+
+export type Device = 'auto' | 'cpu' | 'cuda';
+
+/** One problem, flat and row-major (spec "Shapes"). */
+export interface KmclProblem {
+  /** B, the number of samples. */
+  batch: number;
+  /** K, the number of classes. */
+  classes: number;
+  /** M, the feature dimension. */
+  dim: number;
+  /** [B, M] */
+  features: Float32Array;
+  /** [B, K] */
+  logits: Float32Array;
+  /** [B, K], exactly 0 or 1. */
+  labels: Float32Array;
+  /** [B, K, muDim] */
+  mu: Float32Array;
+  /** 1 (isotropic) or `dim` (anisotropic). */
+  muDim: number;
+  /** [B, Kv, Dv] */
+  variance: Float32Array;
+  /** [Kv, Dv] with Kv ∈ {1, classes}, Dv ∈ {1, muDim}. */
+  varianceShape: readonly [number, number];
+}
+
+export interface KmclRawOptions extends KmclLossOptions {
+  /** Compute the gradients of the weighted total (default true). */
+  gradients?: boolean;
+  /** 'auto' (default) uses CUDA when a device is usable, else the CPU. */
+  device?: Device;
+}
+
+export interface KmclGradients {
+  features: Float32Array;
+  logits: Float32Array;
+  mu: Float32Array;
+  variance: Float32Array;
+}
+
+export interface KmclRawResult {
+  /** The weighted total Σ weight · term. */
+  loss: number;
+  asl: number;
+  reconstruction: number;
+  contrastive: number;
+  /** Gradients of `loss` w.r.t. each input, present unless `gradients: false`. */
+  gradients?: KmclGradients;
+}
+
+const RAW_EXTRA_OPTIONS = ['gradients', 'device'] as const;
+
+function positiveInteger(name: string, v: unknown): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) {
+    throw new TypeError(`problem.${name} must be a positive integer, got ${describe(v)}`);
+  }
+  return v;
+}
+
+/** Checks a flat array's type, length and finiteness (one pass). */
+export function checkArray(where: string, v: unknown, length: number, shape: string, ctor: typeof Float32Array | typeof Float64Array = Float32Array): void {
+  if (!(v instanceof ctor)) {
+    throw new TypeError(`${where} must be a ${ctor.name} of shape ${shape}, got ${describe(v)}`);
+  }
+  if (v.length !== length) {
+    throw new RangeError(`${where} must have length ${length} (shape ${shape}), got ${v.length}`);
+  }
+  for (let j = 0; j < length; j++) {
+    if (!Number.isFinite(v[j])) {
+      throw new RangeError(`${where} must be finite; element ${j} is ${v[j]}`);
+    }
+  }
+}
+
+/** Validates the whole problem; returns nothing, throws a TypeError/RangeError naming the field. */
+export function validateProblem(p: unknown, ctor: typeof Float32Array | typeof Float64Array = Float32Array): asserts p is KmclProblem {
+  if (p === null || typeof p !== 'object') throw new TypeError(`problem must be an object, got ${describe(p)}`);
+  const o = p as Record<string, unknown>;
+  const B = positiveInteger('batch', o.batch);
+  const K = positiveInteger('classes', o.classes);
+  const M = positiveInteger('dim', o.dim);
+  const D = positiveInteger('muDim', o.muDim);
+  if (D !== 1 && D !== M) throw new RangeError(`problem.muDim must be 1 (isotropic) or dim = ${M} (anisotropic), got ${D}`);
+  const vs = o.varianceShape;
+  if (!Array.isArray(vs) || vs.length !== 2) {
+    throw new TypeError(`problem.varianceShape must be [Kv, Dv] with Kv in {1, ${K}} and Dv in {1, ${D}}, got ${describe(vs)}`);
+  }
+  const [Kv, Dv] = vs as unknown[];
+  if (Kv !== 1 && Kv !== K) throw new RangeError(`problem.varianceShape[0] must be 1 or classes = ${K}, got ${describe(Kv)}`);
+  if (Dv !== 1 && Dv !== D) throw new RangeError(`problem.varianceShape[1] must be 1 or muDim = ${D}, got ${describe(Dv)}`);
+  checkArray('problem.features', o.features, B * M, `[${B}, ${M}]`, ctor);
+  checkArray('problem.logits', o.logits, B * K, `[${B}, ${K}]`, ctor);
+  checkArray('problem.mu', o.mu, B * K * D, `[${B}, ${K}, ${D}]`, ctor);
+  checkArray('problem.variance', o.variance, B * (Kv as number) * (Dv as number), `[${B}, ${Kv}, ${Dv}]`, ctor);
+  checkArray('problem.labels', o.labels, B * K, `[${B}, ${K}]`, ctor);
+  const labels = o.labels as Float32Array;
+  for (let j = 0; j < labels.length; j++) {
+    if (labels[j] !== 0 && labels[j] !== 1) {
+      throw new RangeError(`problem.labels must be exactly 0 or 1; element ${j} is ${labels[j]}`);
+    }
+  }
+  const variance = o.variance as Float32Array;
+  for (let j = 0; j < variance.length; j++) {
+    if (!(variance[j] > 0)) throw new RangeError(`problem.variance must be > 0; element ${j} is ${variance[j]}`);
+  }
+}
+
+let resolvedAuto: 'cpu' | 'cuda' | undefined;
+
+/** Resolves 'auto' | 'cpu' | 'cuda' to the device that will run, or throws why CUDA can't. */
+export function resolveDevice(addon: NativeAddon, device: unknown = 'auto'): 'cpu' | 'cuda' {
+  if (device !== 'auto' && device !== 'cpu' && device !== 'cuda') {
+    throw new TypeError(`options.device must be 'auto', 'cpu' or 'cuda', got ${describe(device)}`);
+  }
+  if (device === 'cpu') return 'cpu';
+  if (device === 'auto') {
+    resolvedAuto ??= addon.info().cuda.usable ? 'cuda' : 'cpu';
+    return resolvedAuto;
+  }
+  const cuda = addon.info().cuda;
+  if (!cuda.usable) throw new Error(`options.device is 'cuda' but CUDA is not usable: ${cuda.reason ?? 'unknown reason'}`);
+  return 'cuda';
+}
+
+interface Prepared {
+  addon: NativeAddon;
+  problem: NativeProblem;
+  options: ResolvedOptions;
+  gradients: boolean;
+  device: 'cpu' | 'cuda';
+}
+
+function prepare(problem: KmclProblem, options: KmclRawOptions | undefined): Prepared {
+  const resolved = resolveOptions(options, RAW_EXTRA_OPTIONS);
+  const gradients = options?.gradients ?? true;
+  if (typeof gradients !== 'boolean') throw new TypeError(`options.gradients must be a boolean, got ${describe(gradients)}`);
+  validateProblem(problem);
+  const addon = nativeAddon();
+  const device = resolveDevice(addon, options?.device ?? 'auto');
+  const p: NativeProblem = {
+    batch: problem.batch,
+    classes: problem.classes,
+    dim: problem.dim,
+    muDim: problem.muDim,
+    varianceShape: [problem.varianceShape[0], problem.varianceShape[1]],
+    features: problem.features,
+    logits: problem.logits,
+    labels: problem.labels,
+    mu: problem.mu,
+    variance: problem.variance,
+  };
+  return { addon, problem: p, options: resolved, gradients, device };
+}
+
+/**
+ * The KMCL loss and (by default) its gradients, computed synchronously by the fused native path.
+ * Inputs are read, never written.
+ */
+export function kmclLossRaw(problem: KmclProblem, options?: KmclRawOptions): KmclRawResult {
+  const p = prepare(problem, options);
+  return p.addon.compute(p.problem, p.options, p.gradients, p.device) as KmclRawResult;
+}
+
+/**
+ * Same as {@link kmclLossRaw}, computed off the main thread (a native AsyncWorker), so the event
+ * loop keeps running. Do not modify the input arrays until the promise settles.
+ */
+export async function kmclLossRawAsync(problem: KmclProblem, options?: KmclRawOptions): Promise<KmclRawResult> {
+  const p = prepare(problem, options);
+  return (await p.addon.computeAsync(p.problem, p.options, p.gradients, p.device)) as KmclRawResult;
+}
+
+/**
+ * The float64 instantiation of the CPU path, for tests and numerical checks (finite differences).
+ * Same problem layout with Float64Arrays.
+ */
+export function kmclLossRawFloat64(
+  problem: Omit<KmclProblem, 'features' | 'logits' | 'labels' | 'mu' | 'variance'> & {
+    features: Float64Array;
+    logits: Float64Array;
+    labels: Float64Array;
+    mu: Float64Array;
+    variance: Float64Array;
+  },
+  options?: KmclLossOptions & { gradients?: boolean },
+): { loss: number; asl: number; reconstruction: number; contrastive: number; gradients?: Record<'features' | 'logits' | 'mu' | 'variance', Float64Array> } {
+  const resolved = resolveOptions(options, ['gradients']);
+  validateProblem(problem as unknown, Float64Array);
+  const p = { ...problem, varianceShape: [problem.varianceShape[0], problem.varianceShape[1]] as [number, number] };
+  return nativeAddon().computeF64(p, resolved, options?.gradients ?? true, 'cpu');
+}
