@@ -8,7 +8,7 @@ import { GRADS, TERMS, layouts, loadFixtures, randomProblem, relNorm, termClose 
 const fixtures = loadFixtures();
 const tsx = createRequire(import.meta.url).resolve('tsx');
 
-function checkAgainstFixture(r: { loss: number; asl: number; reconstruction: number; contrastive: number; gradients?: Record<string, ArrayLike<number>> }, fx: (typeof fixtures)[number]) {
+function checkAgainstFixture(r: { loss: number; asl: number; reconstruction: number; contrastive: number; gradients?: { [G in (typeof GRADS)[number]]: ArrayLike<number> } }, fx: (typeof fixtures)[number]) {
   for (const t of TERMS) {
     expect(termClose(r[t], fx.expected[t]), `${fx.name} ${t}: ${r[t]} vs ${fx.expected[t]}`).toBe(true);
   }
