@@ -54,8 +54,9 @@ let cached: { addon?: NativeAddon; path?: string; error?: Error } | undefined;
 
 /** Candidate addon paths, in the order they are tried. */
 export function addonCandidates(): string[] {
+  // An explicit path is the only one tried: a user who names a build gets that build or an error.
+  if (process.env.KMCL_ADDON_PATH) return [resolve(process.env.KMCL_ADDON_PATH)];
   const list: string[] = [];
-  if (process.env.KMCL_ADDON_PATH) list.push(resolve(process.env.KMCL_ADDON_PATH));
   list.push(join(packageRoot, 'build', 'Release', 'kmcl.node'));
   list.push(join(packageRoot, 'build', 'Debug', 'kmcl.node'));
   return list;

@@ -142,3 +142,27 @@ describe('int32 and bool labels', () => {
     expect(c).toBe(a);
   });
 });
+
+describe('wasm backend', () => {
+  it('the same kernel body gives the cpu backend numbers on wasm', async () => {
+    await import('@tensorflow/tfjs-backend-wasm');
+    const p = randomProblem({ seed: 40, B: 12, K: 5, M: 4, D: 4, Kv: 1, Dv: 4, positives: 2 });
+    const run = () => {
+      const inputs = tensorsOf(p);
+      const r = evaluate(kmclLoss, inputs, {});
+      tf.dispose(Object.values(inputs));
+      return r;
+    };
+    const onCpu = run();
+    await tf.setBackend('wasm');
+    try {
+      const before = kernelCounters.withGradients;
+      const onWasm = run();
+      expect(kernelCounters.withGradients).toBe(before + 1);
+      for (const t of TERMS) expect(onWasm.terms[t]).toBe(onCpu.terms[t]);
+      for (const g of GRADS) expect(relNorm(onWasm.grads[g], onCpu.grads[g])).toBeLessThan(1e-6);
+    } finally {
+      await tf.setBackend('cpu');
+    }
+  });
+});

@@ -1,0 +1,17 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it, vi } from 'vitest';
+
+describe('README', () => {
+  it('shows the training example exactly as test/readme-example.ts, which runs', async () => {
+    const example = readFileSync(new URL('./readme-example.ts', import.meta.url), 'utf8').trim();
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    expect(readme).toContain('```ts\n' + example + '\n```');
+    const log = vi.spyOn(console, 'log').mockImplementation(() => {});
+    await import('./readme-example.js');
+    const lines = log.mock.calls.map((c) => c.join(' '));
+    log.mockRestore();
+    expect(lines[0]).toMatch(/^initial loss \d/);
+    const mAP = Number(lines[1].match(/train mAP ([\d.]+)/)![1]);
+    expect(mAP).toBeGreaterThan(0.6);
+  });
+});
