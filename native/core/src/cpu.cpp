@@ -3,8 +3,9 @@
 // CUDA path compiles too.
 //
 // Memory beyond inputs and outputs: double accumulators of the gradients (the size of the
-// inputs), per-(sample, class) statistics (online max and sum of e, Q, active lists) and
-// per-sample label bitsets: O(B·K·D + B·K). No B×B×K×M (nor B×B) buffer exists.
+// inputs), per-(sample, class) statistics (online max and sum of e, Q, the loss terms, active
+// rows), per-sample label bitsets, and with a variance shared by all classes (Kv = 1) up to 16
+// per-group copies of its gradient (16·B·Dv): O(B·K·D + B·K). No B×B×K×M (nor B×B) buffer.
 
 #include <algorithm>
 #include <cstdio>
@@ -31,42 +32,6 @@ std::string str(double v) {
 }
 
 int popcount64(uint64_t x) { return __builtin_popcountll(x); }
-
-// Visits every unordered pair {i, l} (i != l) exactly once. Samples are cut into blocks; tiles of
-// two blocks run in rounds (the circle method of a round-robin tournament) in which no two tiles
-// share a block, so a visit may update the rows of both i and l without locks. The order of every
-// row's updates is fixed by the schedule, which depends on B only, never on the thread count.
-template <class Visit>
-void forEachPair(int threads, int64_t B, const Visit& visit) {
-  if (B < 2) return;
-  const int64_t tile = std::min<int64_t>(32, std::max<int64_t>(4, (B + 15) / 16));
-  const int64_t nb = (B + tile - 1) / tile;
-  auto& pool = ThreadPool::instance();
-  auto lo = [&](int64_t b) { return b * tile; };
-  auto hi = [&](int64_t b) { return std::min(B, (b + 1) * tile); };
-  // Diagonal tiles: pairs inside one block.
-  pool.run(threads, nb, [&](int64_t b) {
-    for (int64_t i = lo(b); i < hi(b); ++i)
-      for (int64_t l = i + 1; l < hi(b); ++l) visit(i, l);
-  });
-  if (nb < 2) return;
-  const int64_t n = nb + (nb & 1);  // even number of players; player nb is a bye when nb is odd
-  std::vector<std::pair<int64_t, int64_t>> tiles;
-  tiles.reserve(n / 2);
-  for (int64_t r = 0; r < n - 1; ++r) {
-    tiles.clear();
-    auto add = [&](int64_t x, int64_t y) {
-      if (x < nb && y < nb) tiles.emplace_back(std::min(x, y), std::max(x, y));
-    };
-    add(n - 1, r);
-    for (int64_t j = 1; j < n / 2; ++j) add((r + j) % (n - 1), (r - j + (n - 1)) % (n - 1));
-    pool.run(threads, static_cast<int64_t>(tiles.size()), [&](int64_t t) {
-      const auto [x, y] = tiles[t];
-      for (int64_t i = lo(x); i < hi(x); ++i)
-        for (int64_t l = lo(y); l < hi(y); ++l) visit(i, l);
-    });
-  }
-}
 
 // Rows [begin, end) in chunks, for per-sample work.
 template <class Fn>
@@ -108,8 +73,6 @@ struct Context {
   std::vector<uint64_t> bits;      // labels, W words per sample
   std::vector<int> labelCount;     // |y_i|
   std::vector<int64_t> anchorSize; // |A(i)|
-  std::vector<int64_t> actStart;   // CSR of active (anchor, class) rows
-  std::vector<int32_t> actClass;
   std::vector<uint8_t> active;     // B·K: row (i, k) is an anchor row
 
   Context(const Problem<T>& problem, const Options& options)
@@ -133,8 +96,26 @@ struct Context {
     return c;
   }
 
+  // Σ over n dims of the log part, ¼ Σ log1p(x_m), evaluated as ¼ log Π(1 + x_m) in double over
+  // chunks of 8 dims: one logarithm per 8 dims. A chunk whose product overflows (variance ratios
+  // beyond ~1e38) is summed dim by dim instead.
+  static double logPartSum(const T* vi, const T* vl, const T* ivi, const T* ivl, int64_t n) {
+    double total = 0;
+    for (int64_t m0 = 0; m0 < n; m0 += 8) {
+      const int64_t e = std::min(n, m0 + 8);
+      double prod = 1;
+      for (int64_t m = m0; m < e; ++m) prod *= 1.0 + double(math::bhattacharyyaLogArg(vi[m], vl[m], ivi[m], ivl[m]));
+      if (prod < std::numeric_limits<double>::infinity()) {
+        total += std::log(prod);
+      } else {
+        for (int64_t m = m0; m < e; ++m) total += std::log1p(double(math::bhattacharyyaLogArg(vi[m], vl[m], ivi[m], ivl[m])));
+      }
+    }
+    return 0.25 * total;
+  }
+
   // Dist_ilk of spec section 3 (distanceScale applied).
-  T distance(int64_t i, int64_t l, int64_t k) const {
+  double distance(int64_t i, int64_t l, int64_t k) const {
     const T* mi = muRow(i, k);
     const T* ml = muRow(l, k);
     const int64_t oi = varOffset(i, k), ol = varOffset(l, k);
@@ -142,23 +123,19 @@ struct Context {
     const T* vl = p.variance + ol;
     const T* ivi = invVariance.data() + oi;
     const T* ivl = invVariance.data() + ol;
-    const T s = T(o.distanceScale);
+    const double s = o.distanceScale;
     if (Dv == 1) {
       const T inv = T(1) / (vi[0] + vl[0]);
       const T logTerm = math::bhattacharyyaLog(vi[0], vl[0], ivi[0], ivl[0]);
       T quad = 0;
       for (int64_t m = 0; m < D; ++m) quad += math::bhattacharyyaQuad(mi[m] - ml[m], inv);
       // Isotropic (D = 1): the M dims are equal, so M·t. The log part is the same on every dim.
-      const T dims = D == 1 ? T(M) : T(1);
-      return s * (dims * quad + T(M) * logTerm);
+      const double dims = D == 1 ? double(M) : 1.0;
+      return s * (dims * double(quad) + double(M) * double(logTerm));
     }
-    T t = 0;
-    for (int64_t m = 0; m < D; ++m) {
-      const T d = mi[m] - ml[m];
-      const T inv = T(1) / (vi[m] + vl[m]);
-      t += math::bhattacharyyaQuad(d, inv) + math::bhattacharyyaLog(vi[m], vl[m], ivi[m], ivl[m]);
-    }
-    return s * t;
+    T quad = 0;
+    for (int64_t m = 0; m < D; ++m) quad += math::bhattacharyyaQuad(mi[m] - ml[m], T(1) / (vi[m] + vl[m]));
+    return s * (double(quad) + logPartSum(vi, vl, ivi, ivl, D));
   }
 
   // Adds G · ∂Dist_ilk/∂(mu, variance) into the double accumulators of samples i and l.
@@ -189,16 +166,21 @@ struct Context {
       gVar[ol] += g * (dims * dVar + double(M) * double(math::bhattacharyyaLogDA(b, a, inv, ivl[0])));
       return;
     }
+    // Rows of different samples never overlap: tell the compiler, so the loop vectorises.
+    double* __restrict gmiR = gmi;
+    double* __restrict gmlR = gml;
+    double* __restrict gvi = gVar + oi;
+    double* __restrict gvl = gVar + ol;
     for (int64_t m = 0; m < D; ++m) {
       const T a = vi[m], b = vl[m];
-      const T inv = T(1) / (a + b);
+      const T im = T(1) / (a + b);
       const T d = mi[m] - ml[m];
-      const double dm = g * double(math::bhattacharyyaQuadDMu(d, inv));
-      const double dq = double(math::bhattacharyyaQuadDVar(d, inv));
-      gmi[m] += dm;
-      gml[m] -= dm;
-      gVar[oi + m] += g * (dq + double(math::bhattacharyyaLogDA(a, b, inv, ivi[m])));
-      gVar[ol + m] += g * (dq + double(math::bhattacharyyaLogDA(b, a, inv, ivl[m])));
+      const double dm = g * double(math::bhattacharyyaQuadDMu(d, im));
+      const T dq = math::bhattacharyyaQuadDVar(d, im);
+      gmiR[m] += dm;
+      gmlR[m] -= dm;
+      gvi[m] += g * double(dq + math::bhattacharyyaLogDA(a, b, im, ivi[m]));
+      gvl[m] += g * double(dq + math::bhattacharyyaLogDA(b, a, im, ivl[m]));
     }
   }
 };
@@ -416,6 +398,7 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
   });
 
   // ---- 3. contrastive ----
+  // |A(i)|: the samples sharing a label with i (label bitsets, O(B²·K/64)).
   c.anchorSize.assign(B, 0);
   forEachRow(threads, B, [&](int64_t i) {
     int64_t n = 0;
@@ -424,69 +407,88 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
         if (l != i && c.overlap(i, l) > 0) ++n;
     c.anchorSize[i] = n;
   });
-  c.actStart.assign(B + 1, 0);
+  // Active (anchor, class) rows, listed per class: P_k = { i : y_ik = 1, A(i) ≠ ∅ }, ascending.
   c.active.assign(B * K, 0);
-  for (int64_t i = 0; i < B; ++i) {
-    c.actStart[i + 1] = c.actStart[i];
-    if (c.anchorSize[i] == 0) continue;
-    for (int64_t k = 0; k < K; ++k)
-      if (c.label(i, k)) {
-        c.actClass.push_back(int32_t(k));
+  std::vector<int64_t> classStart(K + 1, 0);
+  std::vector<int32_t> classAnchors;
+  for (int64_t k = 0; k < K; ++k) {
+    classStart[k] = int64_t(classAnchors.size());
+    for (int64_t i = 0; i < B; ++i)
+      if (c.anchorSize[i] > 0 && c.label(i, k)) {
+        classAnchors.push_back(int32_t(i));
         c.active[i * K + k] = 1;
-        ++c.actStart[i + 1];
       }
   }
+  classStart[K] = int64_t(classAnchors.size());
   const double invTau = 1.0 / o.temperature;
-  // Merged walk over act(i) ∪ act(l), in increasing class order.
-  auto forUnion = [&](int64_t i, int64_t l, auto&& fn) {
-    int64_t a = c.actStart[i], ae = c.actStart[i + 1], b = c.actStart[l], be = c.actStart[l + 1];
-    while (a < ae || b < be) {
-      const int32_t ka = a < ae ? c.actClass[a] : INT32_MAX;
-      const int32_t kb = b < be ? c.actClass[b] : INT32_MAX;
-      const int32_t k = std::min(ka, kb);
-      fn(int64_t(k), ka == k, kb == k);
-      if (ka == k) ++a;
-      if (kb == k) ++b;
+
+  // The pairs are walked class by class: class k needs the pairs with an anchor in P_k, and all
+  // their data are the rows (·, k), which stay in cache while the class runs. Classes are dealt
+  // into groups by index (a function of K only); each group runs its classes in order on one
+  // thread. Everything a class writes is its own rows (·, k), except the variance gradient when
+  // the variance is shared by all classes (Kv = 1): that goes to one buffer per group, summed in
+  // group order at the end. So the result does not depend on the thread count.
+  const bool sharedVariance = c.Kv == 1;
+  const int64_t groups = sharedVariance ? std::min<int64_t>(K, 16) : K;
+  auto forEachClass = [&](auto&& fn) {
+    ThreadPool::instance().run(threads, groups, [&](int64_t g) {
+      for (int64_t k = g; k < K; k += groups)
+        if (classStart[k + 1] > classStart[k]) fn(k, g);
+    });
+  };
+  // Visits each pair {i, l} with i ∈ P_k (and l any other sample) once: as (anchor i, l) with
+  // l ∉ P_k or l > i. lActive says whether (l, k) is an anchor row too.
+  auto forEachPairOfClass = [&](int64_t k, auto&& visit) {
+    for (int64_t a = classStart[k]; a < classStart[k + 1]; ++a) {
+      const int64_t i = classAnchors[a];
+      for (int64_t l = 0; l < B; ++l) {
+        if (l == i) continue;
+        const bool lActive = c.active[l * K + k] != 0;
+        if (lActive && l < i) continue;
+        visit(i, l, lActive);
+      }
     }
   };
 
   double contrastive = 0;
   std::vector<double> Q;
   std::vector<OnlineSum> S;
-  if (c.actClass.size() > 0) {
+  if (!classAnchors.empty()) {
     // Sweep 1: S_ik = Σ_{l≠i} e_ilk for every active anchor row, kept as (max BC, Σ e^{(BC-max)/τ}).
     S.assign(B * K, OnlineSum{});
-    forEachPair(threads, B, [&](int64_t i, int64_t l) {
-      forUnion(i, l, [&](int64_t k, bool forI, bool forL) {
-        const double bc = std::exp(-double(c.distance(i, l, k)));
-        if (forI) S[i * K + k].add(bc, invTau);
-        if (forL) S[l * K + k].add(bc, invTau);
+    forEachClass([&](int64_t k, int64_t) {
+      forEachPairOfClass(k, [&](int64_t i, int64_t l, bool lActive) {
+        const double bc = std::exp(-c.distance(i, l, k));
+        S[i * K + k].add(bc, invTau);
+        if (lActive) S[l * K + k].add(bc, invTau);
       });
     });
-    // Sweep 2 (co-positive pairs only): the loss and Q_ik = Σ_j q_ijk.
+    // Sweep 2 (co-positive pairs only, both in P_k): the loss terms and Q_ik = Σ_j q_ijk.
     Q.assign(B * K, 0.0);
-    std::vector<double> conRow(B, 0.0);
-    forEachPair(threads, B, [&](int64_t i, int64_t l) {
-      const int ov = c.overlap(i, l);
-      if (ov == 0) return;
-      const double J = double(ov) / double(c.labelCount[i] + c.labelCount[l] - ov);
-      for (int64_t w = 0; w < W; ++w) {
-        uint64_t both = c.bits[i * W + w] & c.bits[l * W + w];
-        while (both) {
-          const int64_t k = w * 64 + __builtin_ctzll(both);
-          both &= both - 1;
-          const double bc = std::exp(-double(c.distance(i, l, k)));
+    std::vector<double> conIK(B * K, 0.0);  // Σ_j log(J e/S + logEps) per anchor row
+    forEachClass([&](int64_t k, int64_t) {
+      for (int64_t a = classStart[k]; a < classStart[k + 1]; ++a) {
+        const int64_t i = classAnchors[a];
+        for (int64_t b2 = a + 1; b2 < classStart[k + 1]; ++b2) {
+          const int64_t l = classAnchors[b2];
+          const int ov = c.overlap(i, l);
+          const double J = double(ov) / double(c.labelCount[i] + c.labelCount[l] - ov);
+          const double bc = std::exp(-c.distance(i, l, k));
           const double xi = J * S[i * K + k].ratio(bc, invTau);
           const double xl = J * S[l * K + k].ratio(bc, invTau);
-          conRow[i] += std::log(xi + o.logEps);
-          conRow[l] += std::log(xl + o.logEps);
+          conIK[i * K + k] += std::log(xi + o.logEps);
+          conIK[l * K + k] += std::log(xl + o.logEps);
           Q[i * K + k] += xi / (xi + o.logEps);
           Q[l * K + k] += xl / (xl + o.logEps);
         }
       }
     });
-    for (int64_t i = 0; i < B; ++i)
-      if (c.anchorSize[i] > 0) contrastive += -conRow[i] / double(c.anchorSize[i]);
+    for (int64_t i = 0; i < B; ++i) {
+      if (c.anchorSize[i] == 0) continue;
+      double row = 0;
+      for (int64_t k = 0; k < K; ++k) row += conIK[i * K + k];
+      contrastive += -row / double(c.anchorSize[i]);
+    }
     contrastive *= invB;
 
     // Sweep 3: gradients. ∂L/∂BC_ilk = (c_i/τ)([l co-positive on k]·q_ilk − Q_ik e_ilk/S_ik), from
@@ -495,29 +497,33 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
       std::vector<double> coef(B, 0.0);  // c_i/τ · weight
       for (int64_t i = 0; i < B; ++i)
         if (c.anchorSize[i] > 0) coef[i] = -o.weightContrastive * invB * invTau / double(c.anchorSize[i]);
-      forEachPair(threads, B, [&](int64_t i, int64_t l) {
-        const int ov = c.overlap(i, l);
-        const double J = ov > 0 ? double(ov) / double(c.labelCount[i] + c.labelCount[l] - ov) : 0.0;
-        forUnion(i, l, [&](int64_t k, bool forI, bool forL) {
-          const double bc = std::exp(-double(c.distance(i, l, k)));
-          const bool coPositive = forI && forL;
-          double dBC = 0;
-          if (forI) {
-            const double rho = S[i * K + k].ratio(bc, invTau);
-            double t = -Q[i * K + k] * rho;
-            if (coPositive) t += J * rho / (J * rho + o.logEps);
-            dBC += coef[i] * t;
-          }
-          if (forL) {
-            const double rho = S[l * K + k].ratio(bc, invTau);
-            double t = -Q[l * K + k] * rho;
-            if (coPositive) t += J * rho / (J * rho + o.logEps);
+      std::vector<double> groupVar;
+      if (sharedVariance) groupVar.assign(size_t(groups) * size_t(B * c.Dv), 0.0);
+      forEachClass([&](int64_t k, int64_t g) {
+        double* gv = sharedVariance ? groupVar.data() + g * B * c.Dv : gVar.data();
+        forEachPairOfClass(k, [&](int64_t i, int64_t l, bool lActive) {
+          const double bc = std::exp(-c.distance(i, l, k));
+          const bool coPositive = lActive || c.label(l, k);  // y_ik = 1 always; co-positive iff y_lk = 1
+          const double J = coPositive ? [&] {
+            const int ov = c.overlap(i, l);
+            return double(ov) / double(c.labelCount[i] + c.labelCount[l] - ov);
+          }() : 0.0;
+          double rho = S[i * K + k].ratio(bc, invTau);
+          double t = -Q[i * K + k] * rho;
+          if (coPositive) t += J * rho / (J * rho + o.logEps);
+          double dBC = coef[i] * t;
+          if (lActive) {
+            rho = S[l * K + k].ratio(bc, invTau);
+            t = -Q[l * K + k] * rho + J * rho / (J * rho + o.logEps);
             dBC += coef[l] * t;
           }
           const double G = -bc * dBC;
-          if (G != 0) c.accumulateDistanceGrad(i, l, k, G, gMu.data(), gVar.data());
+          if (G != 0) c.accumulateDistanceGrad(i, l, k, G, gMu.data(), gv);
         });
       });
+      if (sharedVariance)
+        for (int64_t g = 0; g < groups; ++g)
+          for (int64_t j = 0; j < B * c.Dv; ++j) gVar[j] += groupVar[g * B * c.Dv + j];
     }
   }
 

@@ -127,10 +127,17 @@ KMCL_HD T bhattacharyyaQuad(T delta, T inv) {
   return T(0.25) * delta * delta * inv;
 }
 
+// x = (a-b)² / (4ab) ≥ 0, so that the log part is ¼ log1p(x). Paths that sum the log part over
+// several dims may take ¼ log Π(1 + x) instead: one logarithm for several dims.
+template <class T>
+KMCL_HD T bhattacharyyaLogArg(T a, T b, T invA, T invB) {
+  const T d = a - b;
+  return T(0.25) * d * d * invA * invB;
+}
+
 template <class T>
 KMCL_HD T bhattacharyyaLog(T a, T b, T invA, T invB) {
-  const T d = a - b;
-  return T(0.25) * klog1p(T(0.25) * d * d * invA * invB);
+  return T(0.25) * klog1p(bhattacharyyaLogArg(a, b, invA, invB));
 }
 
 // ∂quad/∂μ_i = Δ/(2(a+b)) = -∂quad/∂μ_l
