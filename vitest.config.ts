@@ -11,6 +11,7 @@ export default defineConfig({
   },
   test: {
     include: ['test/**/*.test.ts'],
+    reporters: ['default', './test/summary-reporter.ts'],
     // Native addons and tfjs keep process-wide state; separate processes keep tests honest.
     pool: 'forks',
     testTimeout: 120_000,
