@@ -51,3 +51,21 @@ describe('without the native addon', () => {
     expect(out.kernel).toBe(0);
   });
 });
+
+describe('registration order', () => {
+  it('works when the tfjs backend became active before kmcl was imported', () => {
+    const r = spawnSync(process.execPath, ['--import', tsx, '--input-type=module', '-e', `
+      import * as tf from '@tensorflow/tfjs';
+      await tf.setBackend('cpu');
+      tf.square(tf.scalar(2)).dataSync();
+      const { kmclLoss, kernelCounters } = await import('./src/tfjs/index.ts');
+      const inputs = { features: tf.ones([2, 2]), logits: tf.zeros([2, 2]), mu: tf.ones([2, 2, 2]), variance: tf.ones([2, 2, 2]), labels: tf.tensor2d([[1, 0], [1, 1]]) };
+      const loss = kmclLoss(inputs).loss.dataSync()[0];
+      console.log(JSON.stringify({ loss, forward: kernelCounters.forward }));
+    `], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout.trim().split('\\n').pop()!);
+    expect(out.forward).toBe(1);
+    expect(Number.isFinite(out.loss)).toBe(true);
+  });
+});
