@@ -1,9 +1,13 @@
-// CUDA device discovery and the (temporary) CUDA entry points.
+// CUDA device discovery and the CUDA entry points of kmcl.h. The kernels are in kernels.cuh, the
+// host side (workspace, staging, kernel sequence) in backend.cuh; pair_sweep{1,2,3}.cu instantiate
+// the pair kernels of each contrastive sweep.
 #include <cuda_runtime.h>
 
 #include <stdexcept>
 #include <string>
 
+#include "backend.cuh"
+#include "cuda_internal.h"
 #include "kmcl/kmcl.h"
 
 namespace kmcl {
@@ -42,10 +46,17 @@ CudaInfo cudaInfo() {
   return info;
 }
 
-LossParts computeCuda(const Problem<float>&, const Options&, const Gradients<float>*) {
-  throw std::runtime_error("the CUDA kernels are not built yet");
+LossParts computeCuda(const Problem<float>& problem, const Options& options, const Gradients<float>* gradients) {
+  return cuda_impl::backend().compute(problem, options, gradients);
 }
 
-void releaseDeviceMemory() {}
+void releaseDeviceMemory() { cuda_impl::backend().release(); }
 
+namespace cuda_internal {
+
+CallStats lastCallStats() { return cuda_impl::backend().lastStats(); }
+
+DeviceProps deviceProps() { return cuda_impl::backend().props(); }
+
+}  // namespace cuda_internal
 }  // namespace kmcl

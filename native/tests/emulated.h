@@ -1,0 +1,23 @@
+// The CUDA path of kmcl (native/core/src/cuda: kernels and host code) compiled for the CPU
+// emulation in emu/cuda_emu.h (cuda_emulated.cpp). Lets the native test check the kernels'
+// logic on machines without a GPU. Slow: small problems only.
+#pragma once
+
+#include <cstdint>
+
+#include "kmcl/kmcl.h"
+
+namespace kmcl {
+namespace emu {
+
+// False where the emulation is not built (it needs POSIX ucontext: Linux).
+bool available();
+LossParts computeCuda(const Problem<float>& problem, const Options& options, const Gradients<float>* gradients);
+void releaseDeviceMemory();
+// Emulated device memory (default 16 GiB): allocations beyond it fail like cudaMalloc does.
+void setMemoryLimit(uint64_t bytes);
+// Kernel choice of the last call ("tiled L=… NJ=…" or "generic …").
+const char* lastConfig();
+
+}  // namespace emu
+}  // namespace kmcl
