@@ -407,14 +407,19 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
         if (l != i && c.overlap(i, l) > 0) ++n;
     c.anchorSize[i] = n;
   });
-  // Active (anchor, class) rows, listed per class: P_k = { i : y_ik = 1, A(i) ≠ ∅ }, ascending.
+  // Active (anchor, class) rows, listed per class: P_k = { i : y_ik = 1 } when at least two
+  // samples carry k (then A(i) ≠ ∅ for each), ascending. A row whose class has one positive has
+  // no co-positive, so Q_ik = 0 and it carries neither loss nor gradient: it is skipped.
   c.active.assign(B * K, 0);
   std::vector<int64_t> classStart(K + 1, 0);
   std::vector<int32_t> classAnchors;
   for (int64_t k = 0; k < K; ++k) {
     classStart[k] = int64_t(classAnchors.size());
+    int64_t positives = 0;
+    for (int64_t i = 0; i < B && positives < 2; ++i) positives += c.label(i, k) ? 1 : 0;
+    if (positives < 2) continue;
     for (int64_t i = 0; i < B; ++i)
-      if (c.anchorSize[i] > 0 && c.label(i, k)) {
+      if (c.label(i, k)) {
         classAnchors.push_back(int32_t(i));
         c.active[i * K + k] = 1;
       }
