@@ -7,6 +7,7 @@
  * parameters). Labels are independent Bernoulli draws with rate positives / K, so each sample has
  * `positives` positive labels on average (3 in every benchmark here).
  */
+import { mulberry32 } from '../src/demo/random.js';
 import type { KmclProblem } from '../src/raw.js';
 
 /** Batch sizes of the suites (issue 5). */
@@ -41,16 +42,7 @@ export function gridSize(B: number, K: number, M: number, positives = GRID_POSIT
 }
 
 /** mulberry32: a small seeded generator, so every run benchmarks the same numbers. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 };
 
 /**
  * A seeded random problem of the given size. Values are in the ranges a KMM head produces

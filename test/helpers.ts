@@ -4,6 +4,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProblemFile } from '../src/fixture.js';
 import type { KmclProblem } from '../src/raw.js';
+import { mulberry32 } from '../src/demo/random.js';
 
 export const FIXTURES_DIR = join(dirname(fileURLToPath(import.meta.url)), 'fixtures');
 
@@ -46,16 +47,7 @@ export function termClose(actual: number, expected: number): boolean {
   return Math.abs(actual - expected) <= Math.max(1e-5 * Math.abs(expected), 1e-6);
 }
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 };
 
 export interface RandomProblemSpec {
   seed: number;

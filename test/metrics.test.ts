@@ -1,6 +1,7 @@
 import '@tensorflow/tfjs';
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { mulberry32 } from './helpers.js';
 import { meanAveragePrecision, multilabelMetrics, type PrecisionRecallF1 } from '../src/metrics.js';
 
 beforeAll(async () => {
@@ -178,16 +179,6 @@ describe('input forms', () => {
 
 /* ---------- agreement with a separate, straightforward implementation ---------- */
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * AP from the definition, O(N²): for each positive n, "rank" = number of samples scored ≥ s_n
