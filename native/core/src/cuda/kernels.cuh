@@ -221,6 +221,22 @@ constexpr int pairMinBlocks(int sweep, int NJ, bool vdim) {
   return vdim && ((sweep == 3 && NJ >= 3) || (sweep == 2 && NJ >= 4)) ? 1 : 2;
 }
 
+// The partners a block visits for class k: sweep 2 walks the co-positive anchor rows of k (through
+// partnerRows), sweeps 1 and 3 a chunk of all samples selected by blockIdx.y.
+template <int SWEEP>
+__device__ __forceinline__ void partnerRange(const PairParams& p, int k, int& pBegin, int& pEnd, const int*& partnerRows) {
+  partnerRows = nullptr;
+  if constexpr (SWEEP == 2) {
+    const int c0 = p.classRowStart[k];
+    partnerRows = p.rowSample + c0;
+    pBegin = 0;
+    pEnd = p.classRowStart[k + 1] - c0;
+  } else {
+    pBegin = static_cast<int>(blockIdx.y) * p.chunkSize;
+    pEnd = min(p.B, pBegin + p.chunkSize);
+  }
+}
+
 template <int SWEEP, int L, int NJ, int RA, bool VDIM>
 __global__ void __launch_bounds__(kThreads, pairMinBlocks(SWEEP, NJ, VDIM)) pairKernel(const PairParams p) {
   constexpr int G = 32 / L;  // lane groups = partners per warp step
@@ -235,16 +251,8 @@ __global__ void __launch_bounds__(kThreads, pairMinBlocks(SWEEP, NJ, VDIM)) pair
   const bool warpActive = warp * RA < nRows;  // warp-uniform
 
   int pBegin, pEnd;
-  const int* partnerRows = nullptr;
-  if constexpr (SWEEP == 2) {
-    const int c0 = p.classRowStart[k];
-    partnerRows = p.rowSample + c0;
-    pBegin = 0;
-    pEnd = p.classRowStart[k + 1] - c0;
-  } else {
-    pBegin = static_cast<int>(blockIdx.y) * p.chunkSize;
-    pEnd = min(p.B, pBegin + p.chunkSize);
-  }
+  const int* partnerRows;
+  partnerRange<SWEEP>(p, k, pBegin, pEnd, partnerRows);
 
   KMCL_DYNAMIC_SMEM(smem);
   const int TP = p.tileP, SD = p.strideD, SV = VDIM ? p.strideD : 1;
@@ -615,16 +623,8 @@ __global__ void __launch_bounds__(kThreads) pairKernelGeneric(const PairParams p
   const int64_t ao = muOffset(p, i, k), av = varOffset(p, i, k);
 
   int pBegin, pEnd;
-  const int* partnerRows = nullptr;
-  if constexpr (SWEEP == 2) {
-    const int c0 = p.classRowStart[k];
-    partnerRows = p.rowSample + c0;
-    pBegin = 0;
-    pEnd = p.classRowStart[k + 1] - c0;
-  } else {
-    pBegin = static_cast<int>(blockIdx.y) * p.chunkSize;
-    pEnd = min(p.B, pBegin + p.chunkSize);
-  }
+  const int* partnerRows;
+  partnerRange<SWEEP>(p, k, pBegin, pEnd, partnerRows);
   float rMax = 0.0f, rInvSum = 0.0f, rQ = 0.0f, rCoef = 0.0f;
   int rCnt = 0;
   if constexpr (SWEEP >= 2) {
