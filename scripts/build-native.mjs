@@ -4,6 +4,7 @@
 //   KMCL_BUILD_JOBS=N      parallel compile jobs (default: the number of cores)
 //   KMCL_SKIP_NATIVE=1     skip the native build (the tfjs op then falls back to the composite)
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -29,6 +30,9 @@ try {
 
 const args = [cmakeJs, 'rebuild', '--directory', root, '--config', 'Release', '--parallel', String(jobs)];
 if (cudaOff) args.push('--CDKMCL_CUDA=OFF');
+// The native test and benchmark are built in a development checkout (which has test/), not when
+// kmcl is installed as a dependency.
+if (!existsSync(join(root, 'test', 'fixtures'))) args.push('--CDKMCL_NATIVE_TOOLS=OFF');
 console.log(`kmcl: building the native addon (${cudaOff ? 'CPU only, KMCL_CUDA=0' : 'CPU, and CUDA if nvcc is found'}, ${jobs} jobs)`);
 const result = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit', env });
 if (result.error) fail(`could not start cmake-js: ${result.error.message}`, 'check that Node and cmake-js are installed');

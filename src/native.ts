@@ -82,7 +82,8 @@ function load(): { addon?: NativeAddon; path?: string; error?: Error } {
       ...attempts,
       'To build it, run `npm rebuild kmcl` (or `npm run build:native` inside the kmcl folder).',
       'npm 11 does not run dependencies\' install scripts by default: allow kmcl\'s build with',
-      '`npm install kmcl --allow-scripts=kmcl` or `npm approve-builds`; see the README, "Installing".',
+      '`npm install-scripts approve kmcl` and then `npm rebuild kmcl`;',
+      'see the README, "Installing kmcl into your project".',
     ].join('\n'),
   );
   return { error };
