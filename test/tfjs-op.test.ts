@@ -166,3 +166,13 @@ describe('wasm backend', () => {
     }
   });
 });
+
+describe('the cpu backend data', () => {
+  it('is read in place and never written', () => {
+    const inputs = tensorsOf(randomProblem({ seed: 41, B: 7, K: 4, M: 3, D: 3, Kv: 4, Dv: 3 }));
+    const before = Object.fromEntries(Object.entries(inputs).map(([k, t]) => [k, (t as tf.Tensor).dataSync().slice()]));
+    tf.tidy(() => tf.grads((m: tf.Tensor, v: tf.Tensor) => kmclLoss({ ...inputs, mu: m as tf.Tensor3D, variance: v as tf.Tensor3D }).loss)([inputs.mu, inputs.variance]));
+    for (const [k, t] of Object.entries(inputs)) expect((t as tf.Tensor).dataSync(), k).toEqual(before[k]);
+    tf.dispose(Object.values(inputs));
+  });
+});
