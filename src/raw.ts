@@ -115,10 +115,16 @@ export function validateProblem(p: unknown, ctor: typeof Float32Array | typeof F
 let resolvedAuto: 'cpu' | 'cuda' | undefined;
 
 /** Resolves 'auto' | 'cpu' | 'cuda' to the device that will run, or throws why CUDA can't. */
-export function resolveDevice(addon: NativeAddon, device: unknown = 'auto'): 'cpu' | 'cuda' {
+/** Checks an `options.device` value. */
+export function checkDevice(device: unknown = 'auto'): Device {
   if (device !== 'auto' && device !== 'cpu' && device !== 'cuda') {
     throw new TypeError(`options.device must be 'auto', 'cpu' or 'cuda', got ${describe(device)}`);
   }
+  return device;
+}
+
+export function resolveDevice(addon: NativeAddon, requested: unknown = 'auto'): 'cpu' | 'cuda' {
+  const device = checkDevice(requested);
   if (device === 'cpu') return 'cpu';
   if (device === 'auto') {
     resolvedAuto ??= addon.info().cuda.usable ? 'cuda' : 'cpu';

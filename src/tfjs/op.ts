@@ -3,12 +3,11 @@
  * kernel; gradients are computed in the same native pass only when the tape is recording.
  */
 import * as tf from '@tensorflow/tfjs';
-import { describe, resolveOptions } from '../options.js';
+import { resolveOptions, type KmclLossOptions } from '../options.js';
 import { tryNativeAddon } from '../native.js';
-import type { Device } from '../raw.js';
+import { checkDevice, type Device } from '../raw.js';
 import { KERNEL_BACKENDS, KMCL_LOSS, registerKmclKernels, type KmclLossAttrs } from './kernel.js';
 import { checkKmclInputs, kmclLossReference, type KmclLossInputs, type KmclLossTerms } from './reference.js';
-import type { KmclLossOptions } from '../options.js';
 
 export interface KmclOpOptions extends KmclLossOptions {
   /** 'auto' (default): CUDA when usable, else the CPU. The data is read from the tfjs backend either way. */
@@ -42,10 +41,7 @@ export function kmclFallbackReason(): string | undefined {
 export function kmclLoss(inputs: KmclLossInputs, options: KmclOpOptions = {}): KmclLossTerms {
   checkKmclInputs(inputs, 'kmclLoss');
   const resolved = resolveOptions(options, ['device']);
-  const device = options.device ?? 'auto';
-  if (device !== 'auto' && device !== 'cpu' && device !== 'cuda') {
-    throw new TypeError(`options.device must be 'auto', 'cpu' or 'cuda', got ${describe(device)}`);
-  }
+  const device = checkDevice(options.device);
   const reason = kmclFallbackReason();
   if (reason !== undefined) {
     if (!warnedFallback) {
