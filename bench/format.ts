@@ -6,6 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import { cpus, loadavg, platform, arch, totalmem } from 'node:os';
 import { readFileSync } from 'node:fs';
+import type { ProblemSize } from './grid.js';
 
 export const SCHEMA = 1;
 
@@ -38,16 +39,8 @@ export interface MachineInfo {
   cuda: { usable: boolean; device?: string; reason?: string };
 }
 
-/** The sizes shared by every row of a suite. */
-export interface SuiteSize {
-  K: number;
-  M: number;
-  D: number;
-  Kv: number;
-  Dv: number;
-  /** Average positive labels per sample. */
-  positives: number;
-}
+/** The sizes shared by every row of a suite: a problem size without B. */
+export type SuiteSize = Omit<ProblemSize, 'B'>;
 
 export type RowStatus = 'ok' | 'skipped' | 'failed';
 

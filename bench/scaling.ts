@@ -44,16 +44,8 @@ export interface ChildRequest {
   seed: number;
 }
 
-export interface ChildResult {
-  B: number;
-  positives: number;
-  medianMs: number;
-  /** The fastest call: the least disturbed by other work on shared cores. */
-  minMs: number;
-  calls: number;
-  peakRssBytes: number;
-  baselineRssBytes: number;
-}
+/** What one child process measures: the measured part of a {@link ScalingRow}. */
+export type ChildResult = Pick<ScalingRow, 'B' | 'positives' | 'medianMs' | 'minMs' | 'calls' | 'peakRssBytes' | 'baselineRssBytes'>;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
