@@ -20,7 +20,8 @@
 #
 # Results under $OUT (at most 8 files come back): env.txt (date, commit, nvidia-smi, versions),
 # build.log (with the ptxas register/spill report), native-test.log, sanitizer.log, bench.log,
-# bench.json, bench.csv, smoke.log. Exit code: 0 when the native test passed.
+# bench.json, bench.csv, smoke.log; with KMCL_COMPARE=1 also compare.tar.gz (the eager-PyTorch
+# comparison, quick grid) in place of bench.csv. Exit code: 0 when the native test passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/build-device/out}  # $OUT is set by the device tool
@@ -87,6 +88,24 @@ if command -v node >/dev/null 2>&1 && { [ -f build/Release/kmcl.node ] || [ -f b
 else
   echo "skipped: needs node on PATH (sh .device/with-node.sh …) and a CUDA build of kmcl.node (carry" \
     "build-addon-dev/Release/kmcl.node or build/Release/kmcl.node)" | tee "$OUT/smoke.log"
+fi
+
+# Optional (KMCL_COMPARE=1): the eager-PyTorch comparison of bench/baselines/compare_gpu.py in its
+# quick form, against this build's kmcl_bench, in the same lease. Its three files are packed into
+# one archive and bench.csv is dropped (bench.json holds the same rows), so that $OUT stays within
+# the device tool's 8 files.
+if [ "${KMCL_COMPARE:-0}" = "1" ]; then
+  step "eager PyTorch vs kmcl CUDA (compare_gpu.py --quick, at most ${KMCL_COMPARE_SECONDS:-240} s)"
+  if python3 -c "import torch" >/dev/null 2>&1; then
+    mkdir -p build-device/compare
+    timeout "${KMCL_COMPARE_SECONDS:-240}" python3 bench/baselines/compare_gpu.py --quick \
+      --kmcl-bench build-device/kmcl_bench --out build-device/compare 2>&1 | tail -40
+    echo "compare_gpu exit code: ${PIPESTATUS[0]}"
+    tar -czf "$OUT/compare.tar.gz" -C build-device compare
+    rm -f "$OUT/bench.csv"
+  else
+    echo "skipped: python3 cannot import torch"
+  fi
 fi
 
 step "done (native test exit code $test_rc)"
