@@ -143,26 +143,71 @@ interface Prepared {
   device: 'cpu' | 'cuda';
 }
 
+const INPUT_NAMES = ['features', 'logits', 'labels', 'mu', 'variance'] as const;
+
+/**
+ * Reads every field of `problem` once into a plain object: a getter cannot hand validation one
+ * array and the native call another. Arrays on a SharedArrayBuffer (which another thread may write
+ * at any time) are copied here, so what is validated is what is computed.
+ */
+export function snapshotProblem(problem: unknown): unknown {
+  if (problem === null || typeof problem !== 'object') return problem;
+  const o = problem as Record<string, unknown>;
+  const vs = o.varianceShape;
+  const snap: Record<string, unknown> = {
+    batch: o.batch,
+    classes: o.classes,
+    dim: o.dim,
+    muDim: o.muDim,
+    varianceShape: Array.isArray(vs) ? [...vs] : vs,
+  };
+  for (const name of INPUT_NAMES) {
+    const v = o[name];
+    snap[name] = ArrayBuffer.isView(v) && !(v.buffer instanceof ArrayBuffer) && (v instanceof Float32Array || v instanceof Float64Array) ? v.slice() : v;
+  }
+  return snap;
+}
+
 function prepare(problem: KmclProblem, options: KmclRawOptions | undefined): Prepared {
   const resolved = resolveOptions(options, RAW_EXTRA_OPTIONS);
   const gradients = options?.gradients ?? true;
   if (typeof gradients !== 'boolean') throw new TypeError(`options.gradients must be a boolean, got ${describe(gradients)}`);
-  validateProblem(problem);
+  const snap = snapshotProblem(problem);
+  validateProblem(snap);
   const addon = nativeAddon();
   const device = resolveDevice(addon, options?.device ?? 'auto');
   const p: NativeProblem = {
-    batch: problem.batch,
-    classes: problem.classes,
-    dim: problem.dim,
-    muDim: problem.muDim,
-    varianceShape: [problem.varianceShape[0], problem.varianceShape[1]],
-    features: problem.features,
-    logits: problem.logits,
-    labels: problem.labels,
-    mu: problem.mu,
-    variance: problem.variance,
+    batch: snap.batch,
+    classes: snap.classes,
+    dim: snap.dim,
+    muDim: snap.muDim,
+    varianceShape: [snap.varianceShape[0], snap.varianceShape[1]],
+    features: snap.features,
+    logits: snap.logits,
+    labels: snap.labels,
+    mu: snap.mu,
+    variance: snap.variance,
   };
   return { addon, problem: p, options: resolved, gradients, device };
+}
+
+/** Counters of kmcl's native job queue (process-wide), for tests and diagnostics. */
+export interface AsyncJobStats {
+  submitted: number;
+  started: number;
+  completed: number;
+  /** Jobs dropped before they started because their environment was torn down. */
+  cancelledQueued: number;
+  /** Jobs stopped between work chunks because their environment was torn down. */
+  cancelledRunning: number;
+  /** Finished jobs whose environment was gone before the result could be delivered. */
+  undelivered: number;
+  /** Jobs waiting now. */
+  queued: number;
+}
+
+export function asyncJobStats(): AsyncJobStats {
+  return (nativeAddon() as NativeAddon & { jobStats(): AsyncJobStats }).jobStats();
 }
 
 /**
@@ -175,8 +220,12 @@ export function kmclLossRaw(problem: KmclProblem, options?: KmclRawOptions): Kmc
 }
 
 /**
- * Same as {@link kmclLossRaw}, computed off the main thread (a native AsyncWorker), so the event
- * loop keeps running. Do not modify the input arrays until the promise settles.
+ * Same as {@link kmclLossRaw}, computed off the main thread on kmcl's own native job queue (never
+ * libuv's thread pool), so the event loop and Node's own I/O keep running. The inputs are
+ * validated and copied when the call is made: the result is the loss of the inputs as they were at
+ * the call, whatever happens to the arrays afterwards (writes, transfers). If the calling thread's
+ * environment is torn down first (worker terminated, process.exit), the job is cancelled and the
+ * promise never settles.
  */
 export async function kmclLossRawAsync(problem: KmclProblem, options?: KmclRawOptions): Promise<KmclRawResult> {
   const p = prepare(problem, options);

@@ -60,7 +60,7 @@ describe('async calls own their inputs', () => {
     for (const k of INPUTS) {
       const a = new Float32Array(new SharedArrayBuffer(base[k].byteLength));
       a.set(base[k]);
-      shared[k] = a;
+      (shared as unknown as Record<string, unknown>)[k] = a;
     }
     const pending = kmclLossRawAsync(shared, { device: 'cpu', gradients: false });
     shared.variance.fill(0);

@@ -1,10 +1,27 @@
 // node-addon-api binding of the kmcl core. Validation of values (NaN, labels, variance > 0, option
 // ranges) happens in TypeScript before any call; this layer checks types and lengths again so that
 // no call can read out of bounds, and turns every C++ exception into a JS Error.
+//
+// Async calls run on kmcl's own job queue (one thread, never libuv's pool). A job owns copies of
+// its inputs, taken when the call is made, and its outputs; it touches no JS memory while it runs.
+// Its promise settles on the calling environment's thread through a thread-safe function. When an
+// environment is torn down (worker terminated, process.exit, main-thread exit) its queued jobs are
+// dropped, its running job stops at the next work chunk, and their promises never settle: no JS
+// can run in that environment any more. Sync calls and jobs take turns on one FIFO lock, so a sync
+// call waits for at most the job that is running.
+
+// A terminating worker makes every N-API call fail; without this, node-addon-api turns the failed
+// throw into std::terminate (the whole process aborts).
+#define NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS
 #include <napi.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -177,6 +194,34 @@ Napi::Object resultObject(Napi::Env env, const LossParts& r, GradientBuffers<T>*
   return out;
 }
 
+// A FIFO lock: sync calls and queued jobs are served in the order they asked, so a sync call waits
+// for at most the job that holds the lock (the core runs one CPU job at a time anyway).
+class FairLock {
+ public:
+  void lock() {
+    std::unique_lock<std::mutex> l(m_);
+    const uint64_t ticket = next_++;
+    cv_.wait(l, [&] { return serving_ == ticket; });
+  }
+  void unlock() {
+    {
+      std::lock_guard<std::mutex> l(m_);
+      ++serving_;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  uint64_t next_ = 0, serving_ = 0;
+};
+
+FairLock& computeLock() {
+  static FairLock* lock = new FairLock();  // leaked: never destroyed under a running thread
+  return *lock;
+}
+
 // compute(problem, options, wantGradients, device)
 template <class T>
 Napi::Value ComputeSync(const Napi::CallbackInfo& info) {
@@ -191,6 +236,7 @@ Napi::Value ComputeSync(const Napi::CallbackInfo& info) {
   try {
     Gradients<T> view;
     if (g) view = g->view();
+    std::lock_guard<FairLock> lock(computeLock());
     r = run<T>(device, p, o, g ? &view : nullptr);
   } catch (const std::exception& e) {
     throw Napi::Error::New(env, std::string("kmcl: ") + e.what());
@@ -198,55 +244,270 @@ Napi::Value ComputeSync(const Napi::CallbackInfo& info) {
   return resultObject<T>(env, r, g.get());
 }
 
-class ComputeWorker : public Napi::AsyncWorker {
- public:
-  ComputeWorker(Napi::Env env, Problem<float> p, Options o, bool wantGrad, Device device,
-                std::vector<Napi::Reference<Napi::Value>> keep)
-      : Napi::AsyncWorker(env, "kmcl.computeAsync"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        problem_(p),
-        options_(o),
-        device_(device),
-        keep_(std::move(keep)) {
-    if (wantGrad) grads_ = std::make_unique<GradientBuffers<float>>(p.shape);
-  }
-  Napi::Promise Promise() const { return deferred_.Promise(); }
+// ---- kmcl's job queue ----
 
-  void Execute() override {
-    try {
-      Gradients<float> view;
-      if (grads_) view = grads_->view();
-      result_ = run<float>(device_, problem_, options_, grads_ ? &view : nullptr);
-    } catch (const std::exception& e) {
-      SetError(std::string("kmcl: ") + e.what());
-    } catch (...) {
-      SetError("kmcl: unknown native error");
-    }
+// Process-wide counters (tests read them through jobStats()).
+struct Stats {
+  std::atomic<int64_t> submitted{0}, started{0}, completed{0}, cancelledQueued{0}, cancelledRunning{0}, undelivered{0};
+};
+Stats& stats() {
+  static Stats* s = new Stats();
+  return *s;
+}
+
+struct Job;
+
+// One per environment (main thread, each worker). Shared with its jobs; never calls N-API from
+// another thread except through tsfn, and only while alive (checked under mutex).
+struct EnvState {
+  std::mutex mutex;
+  bool alive = true;
+  std::atomic<bool> cancel{false};
+  napi_threadsafe_function tsfn = nullptr;
+  int64_t pending = 0;  // jobs whose promise has not settled; env thread only
+};
+
+struct Job {
+  std::shared_ptr<EnvState> env;
+  napi_deferred deferred = nullptr;
+  Shape shape;
+  std::vector<float> features, logits, labels, mu, variance;  // owned copies, taken at the call
+  Options options;
+  Device device = Device::Cpu;
+  std::unique_ptr<GradientBuffers<float>> grads;
+  LossParts result;
+  std::string error;
+
+  Problem<float> problem() const {
+    Problem<float> p;
+    p.shape = shape;
+    p.features = features.data();
+    p.logits = logits.data();
+    p.labels = labels.data();
+    p.mu = mu.data();
+    p.variance = variance.data();
+    return p;
   }
-  void OnOK() override { deferred_.Resolve(resultObject<float>(Env(), result_, grads_.get())); }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+};
+
+void deliver(std::unique_ptr<Job> job);
+
+class JobQueue {
+ public:
+  static JobQueue& instance() {
+    static JobQueue* q = new JobQueue();  // leaked on purpose, like the core's ThreadPool
+    return *q;
+  }
+
+  void push(std::unique_ptr<Job> job) {
+    {
+      std::lock_guard<std::mutex> l(mutex_);
+      if (!started_) {
+        // Detached: process exit never waits for it; at exit the OS ends it wherever it is.
+        std::thread([this] { loop(); }).detach();
+        started_ = true;
+      }
+      queue_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+  }
+
+  // Drops the queued jobs of env (its environment is going away). Returns how many.
+  int64_t dropQueued(const EnvState* env) {
+    std::vector<std::unique_ptr<Job>> dropped;
+    {
+      std::lock_guard<std::mutex> l(mutex_);
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if ((*it)->env.get() == env) {
+          dropped.push_back(std::move(*it));
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    stats().cancelledQueued += static_cast<int64_t>(dropped.size());
+    return static_cast<int64_t>(dropped.size());  // destroyed here: owned memory only, no N-API
+  }
+
+  int64_t queued() {
+    std::lock_guard<std::mutex> l(mutex_);
+    return static_cast<int64_t>(queue_.size());
+  }
 
  private:
-  Napi::Promise::Deferred deferred_;
-  Problem<float> problem_;
-  Options options_;
-  Device device_;
-  std::vector<Napi::Reference<Napi::Value>> keep_;  // inputs stay alive while the worker reads them
-  std::unique_ptr<GradientBuffers<float>> grads_;
-  LossParts result_;
+  void loop() {
+    for (;;) {
+      std::unique_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> l(mutex_);
+        cv_.wait(l, [&] { return !queue_.empty(); });
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      if (job->env->cancel.load()) {
+        ++stats().cancelledQueued;
+        continue;
+      }
+      ++stats().started;
+      bool cancelled = false;
+      try {
+        kmcl::CancelScope scope(&job->env->cancel);
+        std::lock_guard<FairLock> lock(computeLock());
+        if (job->env->cancel.load()) throw kmcl::Cancelled();
+        Gradients<float> view;
+        if (job->grads) view = job->grads->view();
+        job->result = run<float>(job->device, job->problem(), job->options, job->grads ? &view : nullptr);
+      } catch (const kmcl::Cancelled&) {
+        cancelled = true;
+      } catch (const std::exception& e) {
+        job->error = std::string("kmcl: ") + e.what();
+      } catch (...) {
+        job->error = "kmcl: unknown native error";
+      }
+      if (cancelled) {
+        ++stats().cancelledRunning;
+        continue;
+      }
+      ++stats().completed;
+      deliver(std::move(job));
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Job>> queue_;
+  bool started_ = false;
 };
+
+// Queue thread: hands a finished job to its environment's thread, or drops it if that is gone.
+void deliver(std::unique_ptr<Job> job) {
+  std::shared_ptr<EnvState> env = job->env;
+  std::lock_guard<std::mutex> l(env->mutex);
+  if (env->alive && env->tsfn) {
+    Job* raw = job.release();
+    if (napi_call_threadsafe_function(env->tsfn, raw, napi_tsfn_nonblocking) == napi_ok) return;
+    job.reset(raw);
+  }
+  ++stats().undelivered;
+}
+
+// Environment thread: settles the promise of a finished job.
+void settle(napi_env env, napi_value, void* context, void* data) {
+  std::unique_ptr<Job> job(static_cast<Job*>(data));
+  if (env == nullptr || job == nullptr) return;  // the thread-safe function is being torn down
+  auto* state = static_cast<EnvState*>(context);
+  if (--state->pending == 0) napi_unref_threadsafe_function(env, state->tsfn);
+  // Nothing may escape into N-API's C frames: a failure here (e.g. out of memory for the
+  // gradients, or a terminating environment) rejects the promise, or is dropped when even that fails.
+  try {
+    Napi::Env e(env);
+    Napi::HandleScope scope(e);
+    if (!job->error.empty()) {
+      napi_reject_deferred(env, job->deferred, Napi::Error::New(e, job->error).Value());
+    } else {
+      Napi::Object out = resultObject<float>(e, job->result, job->grads.get());
+      napi_resolve_deferred(env, job->deferred, out);
+    }
+  } catch (const Napi::Error& err) {
+    try {
+      napi_reject_deferred(env, job->deferred, err.Value());
+    } catch (...) {
+    }
+  } catch (const std::exception& err) {
+    try {
+      napi_reject_deferred(env, job->deferred, Napi::Error::New(Napi::Env(env), std::string("kmcl: ") + err.what()).Value());
+    } catch (...) {
+    }
+  } catch (...) {
+  }
+}
+
+// Environment teardown (worker terminated, process.exit, exit of the main thread).
+void cleanupEnv(void* arg) {
+  auto* holder = static_cast<std::shared_ptr<EnvState>*>(arg);
+  std::shared_ptr<EnvState> state = *holder;
+  delete holder;
+  state->cancel.store(true);
+  {
+    std::lock_guard<std::mutex> l(state->mutex);
+    state->alive = false;  // from now on the queue thread never touches tsfn
+  }
+  JobQueue::instance().dropQueued(state.get());
+}
+
+// finalize_data is the thread-safe function's own reference to the state.
+void finalizeTsfn(napi_env, void* finalizeData, void*) {
+  auto* holder = static_cast<std::shared_ptr<EnvState>*>(finalizeData);
+  {
+    std::lock_guard<std::mutex> l((*holder)->mutex);
+    (*holder)->tsfn = nullptr;
+    (*holder)->alive = false;
+  }
+  delete holder;
+}
+
+std::shared_ptr<EnvState> envState(Napi::Env env) {
+  auto* holder = env.GetInstanceData<std::shared_ptr<EnvState>>();
+  if (holder) return *holder;
+  throw Napi::Error::New(env, "kmcl: the addon was not initialised in this environment");
+}
+
+// Copies a validated input of the async call; the job reads only this copy.
+std::vector<float> copyOf(const float* data, int64_t n) { return std::vector<float>(data, data + n); }
 
 Napi::Value ComputeAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::vector<Napi::Reference<Napi::Value>> keep;
-  const Problem<float> p = readProblem<float>(info[0], &keep);
+  const Problem<float> p = readProblem<float>(info[0], nullptr);
   const Options o = readOptions(info[1]);
   const bool wantGrad = info[2].ToBoolean().Value();
   const Device device = readDevice(info[3]);
-  auto* worker = new ComputeWorker(env, p, o, wantGrad, device, std::move(keep));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  std::shared_ptr<EnvState> state = envState(env);
+  if (!state->tsfn) {
+    napi_value name = Napi::String::New(env, "kmcl.computeAsync");
+    napi_threadsafe_function tsfn = nullptr;
+    auto* holder = new std::shared_ptr<EnvState>(state);
+    napi_status s = napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, holder, finalizeTsfn, state.get(),
+                                                    settle, &tsfn);
+    if (s != napi_ok) delete holder;
+    if (s != napi_ok) throw Napi::Error::New(env, "kmcl: could not create the completion channel of async calls");
+    napi_unref_threadsafe_function(env, tsfn);
+    std::lock_guard<std::mutex> l(state->mutex);
+    state->tsfn = tsfn;
+  }
+  auto job = std::make_unique<Job>();
+  job->env = state;
+  job->shape = p.shape;
+  job->features = copyOf(p.features, p.shape.featuresSize());
+  job->logits = copyOf(p.logits, p.shape.logitsSize());
+  job->labels = copyOf(p.labels, p.shape.logitsSize());
+  job->mu = copyOf(p.mu, p.shape.muSize());
+  job->variance = copyOf(p.variance, p.shape.varianceSize());
+  job->options = o;
+  job->device = device;
+  if (wantGrad) job->grads = std::make_unique<GradientBuffers<float>>(p.shape);
+  napi_value promise;
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok) throw Napi::Error::New(env, "kmcl: could not create a promise");
+  // The thread-safe function is referenced while a promise is pending: the event loop stays
+  // alive until every job of this environment has settled (as with libuv work).
+  if (state->pending++ == 0) napi_ref_threadsafe_function(env, state->tsfn);
+  ++stats().submitted;
+  JobQueue::instance().push(std::move(job));
+  return Napi::Value(env, promise);
+}
+
+Napi::Value JobStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  Stats& s = stats();
+  out.Set("submitted", static_cast<double>(s.submitted.load()));
+  out.Set("started", static_cast<double>(s.started.load()));
+  out.Set("completed", static_cast<double>(s.completed.load()));
+  out.Set("cancelledQueued", static_cast<double>(s.cancelledQueued.load()));
+  out.Set("cancelledRunning", static_cast<double>(s.cancelledRunning.load()));
+  out.Set("undelivered", static_cast<double>(s.undelivered.load()));
+  out.Set("queued", static_cast<double>(JobQueue::instance().queued()));
+  return out;
 }
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -298,13 +559,20 @@ Napi::Value Guard(const Napi::CallbackInfo& info) {
     throw;
   } catch (const std::exception& e) {
     throw Napi::Error::New(info.Env(), std::string("kmcl: ") + e.what());
+  } catch (...) {
+    throw Napi::Error::New(info.Env(), "kmcl: unknown native error");
   }
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // Per-environment state for async calls; the cleanup hook cancels this environment's jobs.
+  auto state = std::make_shared<EnvState>();
+  env.SetInstanceData<std::shared_ptr<EnvState>>(new std::shared_ptr<EnvState>(state));
+  napi_add_env_cleanup_hook(env, cleanupEnv, new std::shared_ptr<EnvState>(state));
   exports.Set("compute", Napi::Function::New(env, Guard<ComputeSync<float>>, "compute"));
   exports.Set("computeF64", Napi::Function::New(env, Guard<ComputeSync<double>>, "computeF64"));
   exports.Set("computeAsync", Napi::Function::New(env, Guard<ComputeAsync>, "computeAsync"));
+  exports.Set("jobStats", Napi::Function::New(env, Guard<JobStats>, "jobStats"));
   exports.Set("info", Napi::Function::New(env, Guard<Info>, "info"));
   exports.Set("releaseDeviceMemory", Napi::Function::New(env, Guard<ReleaseDeviceMemory>, "releaseDeviceMemory"));
   return exports;

@@ -1,6 +1,17 @@
 #include "thread_pool.h"
 
+#include "kmcl/kmcl.h"
+
 namespace kmcl {
+
+namespace {
+thread_local const std::atomic<bool>* currentCancel = nullptr;
+bool isSet(const std::atomic<bool>* flag) { return flag && flag->load(std::memory_order_relaxed); }
+}  // namespace
+
+CancelScope::CancelScope(const std::atomic<bool>* flag) : previous_(currentCancel) { currentCancel = flag; }
+CancelScope::~CancelScope() { currentCancel = previous_; }
+const std::atomic<bool>* CancelScope::current() { return currentCancel; }
 
 ThreadPool& ThreadPool::instance() {
   // Leaked on purpose: joining threads from a static destructor at process exit can deadlock
@@ -45,6 +56,7 @@ void ThreadPool::drain() {
     const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
     if (i >= count_) return;
     try {
+      if (isSet(cancel_)) throw Cancelled();
       (*task_)(i);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -55,9 +67,14 @@ void ThreadPool::drain() {
 }
 
 void ThreadPool::run(int threads, int64_t count, const std::function<void(int64_t)>& task) {
+  const std::atomic<bool>* cancel = CancelScope::current();
+  if (isSet(cancel)) throw Cancelled();
   if (count <= 0) return;
   if (threads <= 1 || count == 1) {
-    for (int64_t i = 0; i < count; ++i) task(i);
+    for (int64_t i = 0; i < count; ++i) {
+      if (isSet(cancel)) throw Cancelled();
+      task(i);
+    }
     return;
   }
   std::lock_guard<std::mutex> job(jobMutex_);
@@ -66,6 +83,7 @@ void ThreadPool::run(int threads, int64_t count, const std::function<void(int64_
     std::lock_guard<std::mutex> lock(mutex_);
     ensureWorkers(helpers);
     task_ = &task;
+    cancel_ = cancel;
     count_ = count;
     next_.store(0, std::memory_order_relaxed);
     error_ = nullptr;

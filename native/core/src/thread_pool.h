@@ -41,6 +41,7 @@ class ThreadPool {
   int wanted_ = 0;  // workers that take part in the current job
   int active_ = 0;  // workers still inside the current job
   const std::function<void(int64_t)>* task_ = nullptr;
+  const std::atomic<bool>* cancel_ = nullptr;  // the caller's CancelScope flag, checked per task
   std::atomic<int64_t> next_{0};
   int64_t count_ = 0;
   std::exception_ptr error_;

@@ -2,7 +2,9 @@
 // gradients, on the CPU (always) and on CUDA (when built with it). No Node dependency.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
 namespace kmcl {
@@ -98,6 +100,26 @@ CudaInfo cudaInfo();
 // Throws std::runtime_error with the CUDA message on any CUDA failure (out of memory included);
 // the workspace stays consistent so the next call works.
 LossParts computeCuda(const Problem<float>& problem, const Options& options, const Gradients<float>* gradients);
+
+// Cooperative cancellation (used by the Node binding's job queue). While a CancelScope is alive
+// on a thread, the CPU path called from that thread checks *flag before each work chunk (every
+// ThreadPool task, so also at every sweep boundary) and throws kmcl::Cancelled once it is set;
+// no partial result is returned. The CUDA path is checked by the caller before it starts.
+struct Cancelled : std::runtime_error {
+  Cancelled() : std::runtime_error("the call was cancelled") {}
+};
+class CancelScope {
+ public:
+  explicit CancelScope(const std::atomic<bool>* flag);
+  ~CancelScope();
+  CancelScope(const CancelScope&) = delete;
+  CancelScope& operator=(const CancelScope&) = delete;
+  // The flag of the innermost scope on this thread (nullptr when none).
+  static const std::atomic<bool>* current();
+
+ private:
+  const std::atomic<bool>* previous_;
+};
 
 // Frees the reusable device workspace and pinned staging buffers. No-op without CUDA.
 void releaseDeviceMemory();
