@@ -61,6 +61,26 @@ export const DEFAULT_OPTIONS: Readonly<ResolvedOptions> = Object.freeze({
   weights: Object.freeze({ asl: 1, reconstruction: 1, contrastive: 1 }),
 });
 
+/**
+ * The numeric domain (docs/kmcl-loss.md, "Numeric domain"): every option and input inside these
+ * bounds gives a finite loss, finite parts and finite gradients on every path (float32 CPU, CUDA,
+ * the tfjs composite); values outside are refused with an error naming the argument. The bounds
+ * leave a margin of at least 1e6 below float32 overflow for the worst case of each term.
+ */
+export const NUMERIC_DOMAIN = Object.freeze({
+  temperature: [1e-4, 1e4],
+  gamma: [0, 100],
+  /** With `detachFocalWeight: false`, gammaNeg is 0 or at least this (the focal weight's derivative is unbounded near 0 for gamma < 1). */
+  minGammaNegDifferentiable: 0.25,
+  eps: [1e-30, 1],
+  logEps: [1e-30, 1],
+  distanceScale: [1e-6, 1e6],
+  weight: [0, 1e6],
+  /** |features|, |mu| at most this. */
+  maxAbsFeature: 1e6,
+  variance: [1e-6, 1e6],
+} as const);
+
 const LOSS_OPTION_NAMES = new Set([
   'temperature',
   'gammaNeg',
@@ -94,6 +114,7 @@ export function describe(value: unknown): string {
   if (Array.isArray(value)) return 'an array';
   if (ArrayBuffer.isView(value)) return `a ${value.constructor.name}`;
   if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'bigint') return `the BigInt ${value}n`;
   if (typeof value === 'object') return 'an object';
   return String(value);
 }
@@ -122,14 +143,22 @@ export function resolveOptions(options: unknown = {}, extraNames: readonly strin
     }
   }
   const r: ResolvedOptions = { ...DEFAULT_OPTIONS, weights: { ...DEFAULT_OPTIONS.weights } };
+  const D = NUMERIC_DOMAIN;
+  const within = (name: string, v: number, [lo, hi]: readonly [number, number], hiOpen = false) => {
+    if (!(v >= lo && (hiOpen ? v < hi : v <= hi))) {
+      throw new RangeError(`options.${name} must be in [${lo}, ${hi}${hiOpen ? ')' : ']'} (docs/kmcl-loss.md, "Numeric domain"), got ${v}`);
+    }
+  };
   if (o.temperature !== undefined) {
     r.temperature = finiteNumber('temperature', o.temperature);
     if (!(r.temperature > 0)) throw new RangeError(`options.temperature must be > 0, got ${r.temperature}`);
+    within('temperature', r.temperature, D.temperature);
   }
   for (const g of ['gammaNeg', 'gammaPos'] as const) {
     if (o[g] !== undefined) {
       r[g] = finiteNumber(g, o[g]);
       if (!(r[g] >= 0)) throw new RangeError(`options.${g} must be >= 0, got ${r[g]}`);
+      within(g, r[g], D.gamma);
     }
   }
   if (o.clip !== undefined) {
@@ -140,13 +169,21 @@ export function resolveOptions(options: unknown = {}, extraNames: readonly strin
     if (o[e] !== undefined) {
       r[e] = finiteNumber(e, o[e]);
       if (!(r[e] > 0)) throw new RangeError(`options.${e} must be > 0, got ${r[e]}`);
+      within(e, r[e], D[e], e === 'eps');
     }
   }
   if (o.distanceScale !== undefined) {
     r.distanceScale = finiteNumber('distanceScale', o.distanceScale);
     if (!(r.distanceScale > 0)) throw new RangeError(`options.distanceScale must be > 0, got ${r.distanceScale}`);
+    within('distanceScale', r.distanceScale, D.distanceScale);
   }
   if (o.detachFocalWeight !== undefined) r.detachFocalWeight = boolean('detachFocalWeight', o.detachFocalWeight);
+  if (!r.detachFocalWeight && r.gammaNeg > 0 && r.gammaNeg < D.minGammaNegDifferentiable) {
+    throw new RangeError(
+      `options.gammaNeg must be 0 or >= ${D.minGammaNegDifferentiable} when options.detachFocalWeight is false ` +
+        `(the derivative of the focal weight (p - clip)^gammaNeg is unbounded near 0 for gammaNeg < 1 and overflows float32 below ${D.minGammaNegDifferentiable}), got ${r.gammaNeg}`,
+    );
+  }
   if (o.stableReconstruction !== undefined) r.stableReconstruction = boolean('stableReconstruction', o.stableReconstruction);
   if (o.weights !== undefined) {
     const w = o.weights;
@@ -159,6 +196,7 @@ export function resolveOptions(options: unknown = {}, extraNames: readonly strin
       }
       const value = finiteNumber(`weights.${key}`, (w as Record<string, unknown>)[key]);
       if (!(value >= 0)) throw new RangeError(`options.weights.${key} must be >= 0, got ${value}`);
+      within(`weights.${key}`, value, D.weight);
       r.weights[key as keyof KmclWeights] = value;
     }
   }

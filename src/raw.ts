@@ -2,7 +2,7 @@
  * The framework-free API: the KMCL loss and its gradients on flat Float32Arrays.
  * Every argument is validated before any native work; errors name the argument.
  */
-import { describe, resolveOptions, type KmclLossOptions, type ResolvedOptions } from './options.js';
+import { describe, NUMERIC_DOMAIN, resolveOptions, type KmclLossOptions, type ResolvedOptions } from './options.js';
 import { nativeAddon, type NativeAddon, type NativeProblem } from './native.js';
 
 export type Device = 'auto' | 'cpu' | 'cuda';
@@ -79,8 +79,15 @@ export function checkArray(where: string, v: unknown, length: number, shape: str
   }
 }
 
-/** Validates the whole problem; returns nothing, throws a TypeError/RangeError naming the field. */
-export function validateProblem(p: unknown, ctor: typeof Float32Array | typeof Float64Array = Float32Array): asserts p is KmclProblem {
+/**
+ * Validates the whole problem; returns nothing, throws a TypeError/RangeError naming the field.
+ * `name` turns a field name into the name the caller knows it by (default `problem.<field>`).
+ */
+export function validateProblem(
+  p: unknown,
+  ctor: typeof Float32Array | typeof Float64Array = Float32Array,
+  name: (field: string) => string = (f) => `problem.${f}`,
+): asserts p is KmclProblem {
   if (p === null || typeof p !== 'object') throw new TypeError(`problem must be an object, got ${describe(p)}`);
   const o = p as Record<string, unknown>;
   const B = positiveInteger('batch', o.batch);
@@ -95,20 +102,33 @@ export function validateProblem(p: unknown, ctor: typeof Float32Array | typeof F
   const [Kv, Dv] = vs as unknown[];
   if (Kv !== 1 && Kv !== K) throw new RangeError(`problem.varianceShape[0] must be 1 or classes = ${K}, got ${describe(Kv)}`);
   if (Dv !== 1 && Dv !== D) throw new RangeError(`problem.varianceShape[1] must be 1 or muDim = ${D}, got ${describe(Dv)}`);
-  checkArray('problem.features', o.features, B * M, `[${B}, ${M}]`, ctor);
-  checkArray('problem.logits', o.logits, B * K, `[${B}, ${K}]`, ctor);
-  checkArray('problem.mu', o.mu, B * K * D, `[${B}, ${K}, ${D}]`, ctor);
-  checkArray('problem.variance', o.variance, B * (Kv as number) * (Dv as number), `[${B}, ${Kv}, ${Dv}]`, ctor);
-  checkArray('problem.labels', o.labels, B * K, `[${B}, ${K}]`, ctor);
+  checkArray(name('features'), o.features, B * M, `[${B}, ${M}]`, ctor);
+  checkArray(name('logits'), o.logits, B * K, `[${B}, ${K}]`, ctor);
+  checkArray(name('mu'), o.mu, B * K * D, `[${B}, ${K}, ${D}]`, ctor);
+  checkArray(name('variance'), o.variance, B * (Kv as number) * (Dv as number), `[${B}, ${Kv}, ${Dv}]`, ctor);
+  checkArray(name('labels'), o.labels, B * K, `[${B}, ${K}]`, ctor);
   const labels = o.labels as Float32Array;
   for (let j = 0; j < labels.length; j++) {
     if (labels[j] !== 0 && labels[j] !== 1) {
-      throw new RangeError(`problem.labels must be exactly 0 or 1; element ${j} is ${labels[j]}`);
+      const soft = labels[j] > 0 && labels[j] < 1 ? ' (soft labels are not supported: threshold them first, e.g. labels >= 0.5)' : '';
+      throw new RangeError(`${name('labels')} must be exactly 0 or 1; element ${j} is ${labels[j]}${soft}`);
     }
   }
+  const X = Math.fround(NUMERIC_DOMAIN.maxAbsFeature);
+  for (const f of ['features', 'mu'] as const) {
+    const a = o[f] as Float32Array;
+    for (let j = 0; j < a.length; j++) {
+      if (!(Math.abs(a[j]) <= X)) throw new RangeError(`${name(f)} must be in [-${X}, ${X}] (docs/kmcl-loss.md, "Numeric domain"); element ${j} is ${a[j]}`);
+    }
+  }
+  // The bounds as float32 (1e-6 is stored as 9.99999997e-7 in a Float32Array).
+  const [vMin, vMax] = NUMERIC_DOMAIN.variance.map(Math.fround);
   const variance = o.variance as Float32Array;
   for (let j = 0; j < variance.length; j++) {
-    if (!(variance[j] > 0)) throw new RangeError(`problem.variance must be > 0; element ${j} is ${variance[j]}`);
+    if (!(variance[j] > 0)) throw new RangeError(`${name('variance')} must be > 0; element ${j} is ${variance[j]}`);
+    if (!(variance[j] >= vMin && variance[j] <= vMax)) {
+      throw new RangeError(`${name('variance')} must be in [${vMin}, ${vMax}] (docs/kmcl-loss.md, "Numeric domain"); element ${j} is ${variance[j]}`);
+    }
   }
 }
 

@@ -241,10 +241,25 @@ void checkShapeAndOptions(const Shape& s, const Options& o) {
   if (!(o.eps > 0)) throw std::invalid_argument("options.eps must be > 0, got " + str(o.eps));
   if (!(o.logEps > 0)) throw std::invalid_argument("options.logEps must be > 0, got " + str(o.logEps));
   if (!(o.distanceScale > 0)) throw std::invalid_argument("options.distanceScale must be > 0, got " + str(o.distanceScale));
+  // Numeric domain (docs/kmcl-loss.md): where every path's loss and gradients are finite.
+  auto within = [](const char* name, double v, double lo, double hi) {
+    if (!(v >= lo && v <= hi)) throw std::invalid_argument(std::string("options.") + name + " must be in [" + str(lo) + ", " + str(hi) + "], got " + str(v));
+  };
+  within("temperature", o.temperature, 1e-4, 1e4);
+  within("gammaNeg", o.gammaNeg, 0, 100);
+  within("gammaPos", o.gammaPos, 0, 100);
+  within("eps", o.eps, 1e-30, 1);
+  if (!(o.eps < 1)) throw std::invalid_argument("options.eps must be < 1, got " + str(o.eps));
+  within("logEps", o.logEps, 1e-30, 1);
+  within("distanceScale", o.distanceScale, 1e-6, 1e6);
+  if (!o.detachFocalWeight && o.gammaNeg > 0 && o.gammaNeg < 0.25) {
+    throw std::invalid_argument("options.gammaNeg must be 0 or >= 0.25 when detachFocalWeight is false, got " + str(o.gammaNeg));
+  }
   const double w[3] = {o.weightAsl, o.weightReconstruction, o.weightContrastive};
   const char* wn[3] = {"options.weights.asl", "options.weights.reconstruction", "options.weights.contrastive"};
   for (int j = 0; j < 3; ++j) {
     if (!(std::isfinite(w[j]) && w[j] >= 0)) throw std::invalid_argument(std::string(wn[j]) + " must be a finite number >= 0, got " + str(w[j]));
+    if (!(w[j] <= 1e6)) throw std::invalid_argument(std::string(wn[j]) + " must be in [0, 1e+06], got " + str(w[j]));
   }
 }
 
