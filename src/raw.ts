@@ -127,7 +127,7 @@ export function validateProblem(
   for (let j = 0; j < variance.length; j++) {
     if (!(variance[j] > 0)) throw new RangeError(`${name('variance')} must be > 0; element ${j} is ${variance[j]}`);
     if (!(variance[j] >= vMin && variance[j] <= vMax)) {
-      throw new RangeError(`${name('variance')} must be in [${vMin}, ${vMax}] (docs/kmcl-loss.md, "Numeric domain"); element ${j} is ${variance[j]}`);
+      throw new RangeError(`${name('variance')} must be in [${NUMERIC_DOMAIN.variance.join(', ')}] (docs/kmcl-loss.md, "Numeric domain"); element ${j} is ${variance[j]}`);
     }
   }
 }
