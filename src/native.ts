@@ -105,8 +105,12 @@ export function tryNativeAddon(): { addon?: NativeAddon; error?: Error } {
 export interface BackendInfo {
   /** Whether the native addon loaded, and from where. */
   native: { loaded: boolean; path?: string; error?: string };
-  /** The CPU path: always compiled; the worker threads it uses (KMCL_NUM_THREADS or the cores). */
-  cpu: { compiled: boolean; threads: number };
+  /**
+   * The CPU path: always compiled; the worker threads it uses (KMCL_NUM_THREADS or the cores).
+   * With an invalid KMCL_NUM_THREADS, `threads` is 0 and `threadsError` says why (CPU calls then
+   * throw the same error).
+   */
+  cpu: { compiled: boolean; threads: number; threadsError?: string };
   /** The CUDA path: whether this build has it, whether a device is usable, and if not, why. */
   cuda: NativeCudaInfo;
   /** What `device: 'auto'` picks right now. */
@@ -127,7 +131,7 @@ export function backendInfo(): BackendInfo {
   const info = addon.info();
   return {
     native: { loaded: true, path: cached?.path },
-    cpu: { compiled: true, threads: info.cpu.threads },
+    cpu: info.cpu.threadsError ? { compiled: true, threads: 0, threadsError: info.cpu.threadsError } : { compiled: true, threads: info.cpu.threads },
     cuda: info.cuda,
     defaultDevice: info.cuda.usable ? 'cuda' : 'cpu',
   };

@@ -267,7 +267,10 @@ export function kmclLossRawFloat64(
   options?: KmclLossOptions & { gradients?: boolean },
 ): { loss: number; asl: number; reconstruction: number; contrastive: number; gradients?: Record<'features' | 'logits' | 'mu' | 'variance', Float64Array> } {
   const resolved = resolveOptions(options, ['gradients']);
-  validateProblem(problem as unknown, Float64Array);
-  const p = { ...problem, varianceShape: [problem.varianceShape[0], problem.varianceShape[1]] as [number, number] };
-  return nativeAddon().computeF64(p, resolved, options?.gradients ?? true, 'cpu');
+  const gradients = options?.gradients ?? true;
+  if (typeof gradients !== 'boolean') throw new TypeError(`options.gradients must be a boolean, got ${describe(gradients)}`);
+  const snap = snapshotProblem(problem) as typeof problem;
+  validateProblem(snap as unknown, Float64Array);
+  const p = { ...snap, varianceShape: [snap.varianceShape[0], snap.varianceShape[1]] as [number, number] };
+  return nativeAddon().computeF64(p, resolved, gradients, 'cpu');
 }

@@ -119,8 +119,8 @@ describe('validation before any kernel runs', () => {
     ['labels not a tensor', (i) => ({ ...i, labels: [[1]] as unknown as tf.Tensor2D }), {}, /kmclLoss: inputs\.labels must be a tf\.Tensor/],
     ['unknown option', (i) => i, { temprature: 1 }, /options\.temprature is not a kmcl option/],
     ['bad device', (i) => i, { device: 'gpu' }, /options\.device must be 'auto', 'cpu' or 'cuda'/],
-    ['variance <= 0 (checked on the values, before the native call)', (i) => ({ ...i, variance: tf.zeros([4, 3, 2]) as tf.Tensor3D }), {}, /problem\.variance must be > 0/],
-    ['labels not 0/1', (i) => ({ ...i, labels: tf.fill([4, 3], 0.5) as tf.Tensor2D }), {}, /problem\.labels must be exactly 0 or 1/],
+    ['variance <= 0 (checked on the values, before the native call)', (i) => ({ ...i, variance: tf.zeros([4, 3, 2]) as tf.Tensor3D }), {}, /kmclLoss: variance must be > 0/],
+    ['labels not 0/1', (i) => ({ ...i, labels: tf.fill([4, 3], 0.5) as tf.Tensor2D }), {}, /kmclLoss: labels must be exactly 0 or 1/],
   ];
   for (const [name, mutate, options, message] of cases) {
     it(name, () => {

@@ -58,7 +58,8 @@ export function kmclLossKernel({ inputs, attrs, backend }: { inputs: tf.NamedTen
     mu: read(b, mu, 'mu'),
     variance: read(b, variance, 'variance'),
   };
-  validateProblem(problem);
+  // Errors name the op's tensors (`kmclLoss: labels ...`), not the raw API's problem fields.
+  validateProblem(problem, Float32Array, (field) => `kmclLoss: ${field}`);
   const addon = nativeAddon();
   const r = addon.compute(problem, options, computeGradients, resolveDevice(addon, device));
   kernelCounters.forward++;

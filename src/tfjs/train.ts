@@ -154,6 +154,10 @@ export async function trainKmcl(model: tf.LayersModel, config: TrainKmclConfig):
   const { x, y } = config;
   const n = x.shape[0];
   if (y.rank !== 2 || y.shape[0] !== n) throw new Error(`trainKmcl: config.y must have shape [${n}, K], got [${y.shape.join(', ')}]`);
+  const K = model.outputs[0].shape[1];
+  if (typeof K === 'number' && y.shape[1] !== K) {
+    throw new Error(`trainKmcl: config.y must have shape [${n}, ${K}] (K = ${K} from the model's logits output), got [${y.shape.join(', ')}]`);
+  }
   const lossOptions: KmclOpOptions = { ...config.loss };
   if (mode === 'asl') lossOptions.weights = { asl: lossOptions.weights?.asl ?? 1, reconstruction: 0, contrastive: 0 };
 
