@@ -32,21 +32,25 @@ describe("kmcl's own job queue", () => {
   it('a sync call made while 8 async calls are queued waits for at most the running one', async () => {
     const p = randomProblem(MEDIUM);
     const expected = kmclLossRaw(p, cpu);
-    const before = asyncJobStats();
     const jobs = Array.from({ length: 8 }, () => kmclLossRawAsync(p, cpu));
     await new Promise((r) => setTimeout(r, 5));
+    // `started` counts jobs that got the compute lock. The sync call takes its turn after the job
+    // holding the lock and at most one that was already waiting for it, never after the queue.
+    const before = asyncJobStats();
     const r = kmclLossRaw(p, cpu);
     const startedDuringSync = asyncJobStats().started - before.started;
     expect(r.loss).toBe(expected.loss);
-    expect(startedDuringSync).toBeLessThanOrEqual(2);
+    expect(before.queued).toBeGreaterThanOrEqual(5);
+    expect(startedDuringSync).toBeLessThanOrEqual(1);
     for (const j of await Promise.all(jobs)) expect(j.loss).toBe(expected.loss);
   });
 
   it("terminating a worker drops its queued jobs; the main thread's calls go on", async () => {
-    const p = randomProblem(MEDIUM);
+    const LONG: RandomProblemSpec = { ...MEDIUM, B: 400 };
+    const p = randomProblem(LONG);
     const expected = kmclLossRaw(p, cpu).loss;
     const before = asyncJobStats();
-    const w = startWorker('queue', MEDIUM, 20);
+    const w = startWorker('queue', LONG, 20);
     const losses: number[] = [];
     await new Promise<void>((resolve, reject) => {
       w.on('message', (m: { loss?: number }) => {
@@ -60,9 +64,12 @@ describe("kmcl's own job queue", () => {
     await w.terminate();
     const after = asyncJobStats();
     expect(after.queued).toBe(0);
-    // 20 submitted, at least one delivered; the rest were dropped or stopped, never run to the end.
-    expect(after.cancelledQueued + after.cancelledRunning - before.cancelledQueued - before.cancelledRunning).toBeGreaterThanOrEqual(17);
-    expect(after.completed - before.completed).toBeLessThanOrEqual(3);
+    // Every one of the 20 jobs is accounted for: completed, or dropped / stopped at the teardown;
+    // terminate() did not wait for the queue (at least half of it was never run).
+    const cancelled = after.cancelledQueued + after.cancelledRunning - before.cancelledQueued - before.cancelledRunning;
+    const completed = after.completed - before.completed;
+    expect(completed + cancelled).toBe(20);
+    expect(cancelled).toBeGreaterThanOrEqual(10);
     expect(losses[0]).toBe(expected);
     expect((await kmclLossRawAsync(p, cpu)).loss).toBe(expected);
   });

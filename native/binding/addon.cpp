@@ -16,7 +16,9 @@
 #include <napi.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -303,8 +305,11 @@ class JobQueue {
     {
       std::lock_guard<std::mutex> l(mutex_);
       if (!started_) {
-        // Detached: process exit never waits for it; at exit the OS ends it wherever it is.
+        // Detached: never joined. At process exit the handler below drops the queue and waits
+        // (bounded) for the running job to reach its next chunk, so that no job is inside the
+        // core (or the CUDA runtime) while static destructors run.
         std::thread([this] { loop(); }).detach();
+        std::atexit([] { JobQueue::instance().shutdown(); });
         started_ = true;
       }
       queue_.push_back(std::move(job));
@@ -330,6 +335,16 @@ class JobQueue {
     return static_cast<int64_t>(dropped.size());  // destroyed here: owned memory only, no N-API
   }
 
+  // Process exit: no new job starts; the running one is cancelled and awaited for at most 5 s.
+  void shutdown() {
+    std::unique_lock<std::mutex> l(mutex_);
+    exiting_ = true;
+    stats().cancelledQueued += static_cast<int64_t>(queue_.size());
+    queue_.clear();
+    if (running_) running_->cancel.store(true);
+    idle_.wait_for(l, std::chrono::seconds(5), [&] { return running_ == nullptr; });
+  }
+
   int64_t queued() {
     std::lock_guard<std::mutex> l(mutex_);
     return static_cast<int64_t>(queue_.size());
@@ -341,43 +356,57 @@ class JobQueue {
       std::unique_ptr<Job> job;
       {
         std::unique_lock<std::mutex> l(mutex_);
-        cv_.wait(l, [&] { return !queue_.empty(); });
+        cv_.wait(l, [&] { return !queue_.empty() || exiting_; });
+        if (exiting_) return;
         job = std::move(queue_.front());
         queue_.pop_front();
+        running_ = job->env.get();
       }
-      if (job->env->cancel.load()) {
-        ++stats().cancelledQueued;
-        continue;
+      const bool done = runOne(job.get());
+      bool exiting;
+      {
+        std::lock_guard<std::mutex> l(mutex_);
+        running_ = nullptr;
+        exiting = exiting_;
       }
-      ++stats().started;
-      bool cancelled = false;
-      try {
-        kmcl::CancelScope scope(&job->env->cancel);
-        std::lock_guard<FairLock> lock(computeLock());
-        if (job->env->cancel.load()) throw kmcl::Cancelled();
-        Gradients<float> view;
-        if (job->grads) view = job->grads->view();
-        job->result = run<float>(job->device, job->problem(), job->options, job->grads ? &view : nullptr);
-      } catch (const kmcl::Cancelled&) {
-        cancelled = true;
-      } catch (const std::exception& e) {
-        job->error = std::string("kmcl: ") + e.what();
-      } catch (...) {
-        job->error = "kmcl: unknown native error";
-      }
-      if (cancelled) {
-        ++stats().cancelledRunning;
-        continue;
-      }
-      ++stats().completed;
-      deliver(std::move(job));
+      idle_.notify_all();
+      if (done && !exiting) deliver(std::move(job));
     }
+  }
+
+  // Runs a job; false when it was cancelled (it is then dropped).
+  bool runOne(Job* job) {
+    if (job->env->cancel.load()) {
+      ++stats().cancelledQueued;
+      return false;
+    }
+    try {
+      kmcl::CancelScope scope(&job->env->cancel);
+      std::lock_guard<FairLock> lock(computeLock());
+      if (job->env->cancel.load()) throw kmcl::Cancelled();
+      ++stats().started;  // holds the lock: counts jobs that got to compute
+      Gradients<float> view;
+      if (job->grads) view = job->grads->view();
+      job->result = run<float>(job->device, job->problem(), job->options, job->grads ? &view : nullptr);
+    } catch (const kmcl::Cancelled&) {
+      ++stats().cancelledRunning;
+      return false;
+    } catch (const std::exception& e) {
+      job->error = std::string("kmcl: ") + e.what();
+    } catch (...) {
+      job->error = "kmcl: unknown native error";
+    }
+    ++stats().completed;
+    return true;
   }
 
   std::mutex mutex_;
   std::condition_variable cv_;
+  std::condition_variable idle_;
   std::deque<std::unique_ptr<Job>> queue_;
   bool started_ = false;
+  bool exiting_ = false;
+  EnvState* running_ = nullptr;  // the environment of the running job
 };
 
 // Queue thread: hands a finished job to its environment's thread, or drops it if that is gone.
