@@ -12,6 +12,7 @@ describe('reliability soak', () => {
     expect(r.status, describeExit(r)).toBe(0);
     const s = r.json;
     expect(s, r.stdout).toBeDefined();
+    console.log(`soak: ${JSON.stringify(s)}`); // the counts, for the record
     expect(s.mismatches, r.stderr).toBe(0);
     expect(s.wrongErrors, r.stderr).toBe(0);
     for (const k of ['sync', 'async', 'op', 'invalid', 'workers', 'workerResults', 'mutated', 'detached']) expect(s[k], k).toBeGreaterThan(0);
