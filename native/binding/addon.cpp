@@ -276,7 +276,8 @@ struct Job {
   std::vector<float> features, logits, labels, mu, variance;  // owned copies, taken at the call
   Options options;
   Device device = Device::Cpu;
-  std::unique_ptr<GradientBuffers<float>> grads;
+  bool wantGrad = false;
+  std::unique_ptr<GradientBuffers<float>> grads;  // allocated by the queue thread
   LossParts result;
   std::string error;
 
@@ -385,6 +386,7 @@ class JobQueue {
       std::lock_guard<FairLock> lock(computeLock());
       if (job->env->cancel.load()) throw kmcl::Cancelled();
       ++stats().started;  // holds the lock: counts jobs that got to compute
+      if (job->wantGrad) job->grads = std::make_unique<GradientBuffers<float>>(job->shape);
       Gradients<float> view;
       if (job->grads) view = job->grads->view();
       job->result = run<float>(job->device, job->problem(), job->options, job->grads ? &view : nullptr);
@@ -514,7 +516,7 @@ Napi::Value ComputeAsync(const Napi::CallbackInfo& info) {
   job->variance = copyOf(p.variance, p.shape.varianceSize());
   job->options = o;
   job->device = device;
-  if (wantGrad) job->grads = std::make_unique<GradientBuffers<float>>(p.shape);
+  job->wantGrad = wantGrad;
   napi_value promise;
   if (napi_create_promise(env, &job->deferred, &promise) != napi_ok) throw Napi::Error::New(env, "kmcl: could not create a promise");
   // The thread-safe function is referenced while a promise is pending: the event loop stays
