@@ -4,6 +4,10 @@
 
 #if defined(__linux__)
 
+#include <stdexcept>
+#include <string>
+#include <vector>
+
 #include "emu/cuda_emu.h"
 #define KMCL_CUDA_NS cuda_emu
 #include "../core/src/cuda/backend.cuh"
@@ -13,9 +17,34 @@ namespace emu {
 
 bool available() { return true; }
 
-LossParts computeCuda(const Problem<float>& problem, const Options& options, const Gradients<float>* gradients) {
-  return cuda_emu::backend().compute(problem, options, gradients);
+namespace {
+// Races, guard-zone hits and shuffle divergence found by the emulator during the call fail it.
+std::string findingsText() {
+  const std::vector<std::string> f = kmcl_emu_check::takeFindings();
+  std::string text;
+  for (const std::string& line : f) text += (text.empty() ? "" : "; ") + line;
+  return text;
 }
+}  // namespace
+
+LossParts computeCuda(const Problem<float>& problem, const Options& options, const Gradients<float>* gradients) {
+  findingsText();  // drop anything left from an earlier failed call
+  LossParts r;
+  try {
+    r = cuda_emu::backend().compute(problem, options, gradients);
+  } catch (const std::exception& e) {
+    const std::string f = findingsText();
+    if (!f.empty()) throw std::runtime_error(std::string(e.what()) + "; CUDA emulator findings: " + f);
+    throw;
+  }
+  const std::string f = findingsText();
+  if (!f.empty()) throw std::runtime_error("CUDA emulator findings: " + f);
+  return r;
+}
+
+void setSchedule(uint64_t seed) { kmcl_emu_rt::setSchedule(seed); }
+
+bool checkerEnabled() { return kmcl_emu_check::enabled(); }
 
 void releaseDeviceMemory() { cuda_emu::backend().release(); }
 
@@ -43,6 +72,8 @@ LossParts computeCuda(const Problem<float>&, const Options&, const Gradients<flo
 }
 void releaseDeviceMemory() {}
 void setMemoryLimit(uint64_t) {}
+void setSchedule(uint64_t) {}
+bool checkerEnabled() { return false; }
 const char* lastConfig() { return ""; }
 
 }  // namespace emu
