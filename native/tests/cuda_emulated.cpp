@@ -2,7 +2,9 @@
 // sources as the real build (native/core/src/cuda), in namespace kmcl::cuda_emu.
 #include "emulated.h"
 
-#if defined(__linux__)
+// KMCL_NO_EMULATION (CMake KMCL_EMULATOR=OFF, e.g. scripts/device-check.sh on the GPU machine,
+// where only the real CUDA path is tested): the stubs below, and a much faster build.
+#if defined(__linux__) && !defined(KMCL_NO_EMULATION)
 
 #include <stdexcept>
 #include <string>
@@ -68,7 +70,7 @@ namespace emu {
 
 bool available() { return false; }
 LossParts computeCuda(const Problem<float>&, const Options&, const Gradients<float>*) {
-  throw std::runtime_error("the CUDA emulation is built on Linux only");
+  throw std::runtime_error("the CUDA emulation is built on Linux only (and not with KMCL_EMULATOR=OFF)");
 }
 void releaseDeviceMemory() {}
 void setMemoryLimit(uint64_t) {}

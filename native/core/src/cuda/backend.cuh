@@ -756,7 +756,13 @@ class Backend {
     const double t13 = static_cast<double>(R) * static_cast<double>(B - 1);
     st.triples = t13 + pairs2 + (runSweep3 ? t13 : 0.0);
     st.tripleDims = st.triples * static_cast<double>(D);
-    st.mufuOps = 2.0 * st.triples * static_cast<double>(cfg.vdim ? D : 1);
+    // Special-function (MUFU) operations per triple, counted from the kernels' code (kernels.cuh):
+    // Dist costs one rcp.approx and one lg2.approx per variance dim (Dv' = D with a per-dim
+    // variance, else 1), BC = expf(−Dist) one ex2; then sweep 1 adds one ex2 (onlineAdd), sweep 2
+    // one ex2 (e/S) and three double reciprocals (MUFU.RCP64H: the two divisions and 1/overlap),
+    // sweep 3 one ex2 (e/S) and, for co-positive partners, two float divisions (one rcp each).
+    const double dv = static_cast<double>(cfg.vdim ? D : 1);
+    st.mufuOps = t13 * (2.0 * dv + 2.0) + pairs2 * (2.0 * dv + 5.0) + (runSweep3 ? t13 * (2.0 * dv + 2.0) + 2.0 * pairs2 : 0.0);
     st.config = cfg.generic ? std::string("generic (warp per anchor row)")
                             : "tiled L=" + std::to_string(cfg.L) + " NJ=" + std::to_string(cfg.NJ) +
                                   " RA=" + std::to_string(cfg.RA) + " TP=" + std::to_string(shape[1].tileP) + "/" +
