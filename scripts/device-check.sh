@@ -69,6 +69,8 @@ fi
 if [ "$DRY" = "1" ]; then
   OUT=${OUT:-$root/build-device/dry-out}
   BUILD=${KMCL_DRY_BUILD:-$root/build}
+  # cmake-js puts the native tools in build/ or build/Release/.
+  [ ! -x "$BUILD/kmcl_native_test" ] && [ -x "$BUILD/Release/kmcl_native_test" ] && BUILD=$BUILD/Release
   fakes=$(mktemp -d)
   trap 'rm -rf "$fakes"' EXIT
   # Stand-ins for the GPU machine's tools: they print what the real ones print, in the same format.

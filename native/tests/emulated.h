@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "kmcl/kmcl.h"
 
@@ -23,6 +25,15 @@ void setSchedule(uint64_t seed);
 // Whether this build has the memory checker (races, guard zones: emu/checker.h). Without it
 // (an ASan build, or a compiler without -fsanitize=thread) ASan or the guard pattern check stand in.
 bool checkerEnabled();
+// Small kernels with planted faults (a missing barrier, a race across blocks, an overrun of an
+// allocation, of a workspace sub-buffer and of dynamic shared memory, divergent shuffles, warp
+// order) and the device-math model: each result says whether the emulator's check caught it.
+struct SelfTestResult {
+  std::string name;
+  bool ok;
+  std::string detail;
+};
+std::vector<SelfTestResult> selfTest();
 // Kernel choice of the last call ("tiled L=… NJ=…" or "generic …").
 const char* lastConfig();
 

@@ -641,6 +641,19 @@ int main(int argc, char** argv) {
   };
   std::fflush(stdout);
 
+  // ---- the emulator's own checks, on kernels with planted faults ----
+  if (emu) {
+    for (const kmcl::emu::SelfTestResult& t : kmcl::emu::selfTest()) {
+      const std::string name = "emu/selftest/" + t.name;
+      if (!rep.selected(name)) continue;
+      if (t.ok) {
+        rep.ok(name, t.detail.substr(0, 200));
+      } else {
+        rep.fail(name, t.detail);
+      }
+    }
+  }
+
   // ---- fixtures ----
   std::vector<Data> fixtures;
   for (const std::string& f : fixtureFiles()) {
