@@ -151,8 +151,8 @@ void checkWord(State& s, Word& w, bool write, bool atomic, uintptr_t addr, const
     const std::string where = place(s, a, addr, space);
     report(s.kernel + "|" + kind + "|" + (a ? "g" : space) + (a && !a->regionOfWord.empty() ? std::to_string(a->regionOfWord[(addr - a->user) / 4]) : ""),
            std::string("race (") + kind + ", " + (grid ? "different blocks, no kernel boundary between" : "same block, no __syncthreads between") +
-               ") on " + where + ": " + ((other & kAtomic) ? "atomic by " : "") + who(s, other) + " and " +
-               (atomic ? "atomic " : write ? "write " : "read ") + "by " + who(s, now) + kernelTag(s));
+               ") on " + where + ": " + ((other & kAtomic) ? "atomic " : other == w.w ? "write " : "read ") + "by " + who(s, other) +
+               ", then " + (atomic ? "atomic " : write ? "write " : "read ") + "by " + who(s, now) + kernelTag(s));
   }
   if (write) {
     w.w = now;

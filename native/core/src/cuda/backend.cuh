@@ -665,7 +665,7 @@ class Backend {
       pp.strideD = shape[sw].strideD;
       KMCL_CUDA_CHECK(cudaFuncSetAttribute(fn[sw], cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(shape[sw].smemBytes)));
-      static const char* const kSweepName[4] = {"", "pairKernel<1> (S)", "pairKernel<2> (co-positive terms)", "pairKernel<3> (gradients)"};
+      [[maybe_unused]] static const char* const kSweepName[4] = {"", "pairKernel<1> (S)", "pairKernel<2> (co-positive terms)", "pairKernel<3> (gradients)"};
       KMCL_LAUNCH_NAMED(fn[sw], kSweepName[sw], grid, dim3(kThreads), shape[sw].smemBytes, stream_)(pp);
       launchCheck("pairKernel<<<>>>");
     };
