@@ -17,10 +17,10 @@
 //   Gtd/s         triple-dims per second: (i, l, k, m) evaluations of the Bhattacharyya distance,
 //                 m over muDim, summed over the three contrastive sweeps, per kernel second
 //   floor ms      the special-function floor: the MUFU ops the pair sweeps issue, counted per
-//                 layout from the kernels' code (cuda_internal.h CallStats::mufuOps): per triple
-//                 2·Dv'+2 in sweeps 1 and 3 (+2 for co-positive partners in sweep 3) and 2·Dv'+5
-//                 in sweep 2, Dv' = D for a per-dim variance, else 1 (so about 2 per triple-dim
-//                 for per-dim variances, 4 per triple for isotropic and scalar layouts);
+//                 layout from the kernels' PTX (cuda_internal.h CallStats::mufuOps, bench/RESULTS.md):
+//                 rcp + lg2 per lane-dim slot of Dist, plus the per-lane exponentials (and, in
+//                 sweep 2, double reciprocals) that every lane of a partner group repeats: 2.5 per
+//                 triple-dim for a per-dim variance at D = 128, 4 per triple for isotropic mu;
 //                 floor = mufuOps / (16 MUFU ops/clk/SM · SMs · SM clock), SMs and clock read
 //                 from the device at run time (H100/H200: 132 SMs, 1.98 GHz)
 //   MUFU/td       mufuOps / triple-dims (in the JSON and CSV)

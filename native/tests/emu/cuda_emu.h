@@ -22,8 +22,8 @@
 // memory (every load and store of the kernels, through compiler instrumentation), guard zones
 // around each cudaMalloc block and the dynamic shared memory, and around every workspace
 // sub-buffer the host code declares (emuDescribeBuffers). Atomics are checked as atomics.
-// Device math: math.h's fast device functions (rcp.approx.ftz, lg2.approx.ftz) are evaluated with
-// their documented worst-case error here (rcpApproxFtz, lg2ApproxFtz below), so the accuracy tests
+// Device math: math.h's fast device functions (rcp.approx.ftz, lg2.approx) are evaluated with
+// their documented worst-case error here (rcpApproxFtz, lg2Approx below), so the accuracy tests
 // cover what the GPU computes.
 //
 // Include this header instead of <cuda_runtime.h>, in one translation unit, before the CUDA sources.
@@ -357,8 +357,8 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, T, int, size_t
 // worst-case error (PTX ISA: rcp.approx.f32 "maximum ulp error is 1 across the full range";
 // CUDA's __log2f / lg2.approx.f32: "for x in [0.5, 2] the maximum absolute error is 2^-22,
 // otherwise the maximum ulp error is 2"). The sign of the error is drawn from the input's bits, so
-// results are deterministic; its size is always the maximum. .ftz: subnormal inputs and results
-// are flushed to zero, as the device does.
+// results are deterministic; its size is always the maximum. rcp.approx.ftz flushes subnormal
+// inputs and results to zero, as the device does.
 inline uint32_t emuBits(float x) {
   uint32_t u;
   std::memcpy(&u, &x, 4);
@@ -373,8 +373,8 @@ inline float rcpApproxFtz(float x) {
   const float r = 1.0f / x;  // correctly rounded, then 1 ulp off
   return emuFtz(std::nextafter(r, emuErrorUp(x) ? INFINITY : -INFINITY));
 }
-inline float lg2ApproxFtz(float x) {
-  x = emuFtz(x);
+// __log2f compiles to lg2.approx.f32 (no .ftz without -ftz=true): subnormal inputs are kept.
+inline float lg2Approx(float x) {
   if (x == 0.0f) return -INFINITY;
   if (x < 0.0f || std::isnan(x)) return NAN;
   if (std::isinf(x)) return INFINITY;

@@ -169,7 +169,7 @@ constexpr float kInvLn2f = 1.44269504088896341f;
 
 // In the CPU emulation of the kernels (native/tests/emu, KMCL_CUDA_EMULATION) the device
 // instructions are modelled at their documented worst-case error (kmcl_emu_rt::rcpApproxFtz,
-// lg2ApproxFtz); those variants get their own (inline) namespace, so they never clash with the
+// lg2Approx); those variants get their own (inline) namespace, so they never clash with the
 // host definitions other translation units of the same program use.
 #if defined(KMCL_CUDA_EMULATION) && !defined(__CUDA_ARCH__)
 inline namespace emulated_device {
@@ -197,7 +197,7 @@ KMCL_HD float log2OnePlusFast(float x) {
 #if defined(__CUDA_ARCH__)
   const float direct = __log2f(1.0f + x);
 #elif defined(KMCL_CUDA_EMULATION)
-  const float direct = ::kmcl_emu_rt::lg2ApproxFtz(1.0f + x);
+  const float direct = ::kmcl_emu_rt::lg2Approx(1.0f + x);
 #else
   const float direct = static_cast<float>(std::log1p(static_cast<double>(x)) * 1.44269504088896341);
 #endif

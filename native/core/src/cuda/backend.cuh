@@ -756,13 +756,20 @@ class Backend {
     const double t13 = static_cast<double>(R) * static_cast<double>(B - 1);
     st.triples = t13 + pairs2 + (runSweep3 ? t13 : 0.0);
     st.tripleDims = st.triples * static_cast<double>(D);
-    // Special-function (MUFU) operations per triple, counted from the kernels' code (kernels.cuh):
-    // Dist costs one rcp.approx and one lg2.approx per variance dim (Dv' = D with a per-dim
-    // variance, else 1), BC = expf(−Dist) one ex2; then sweep 1 adds one ex2 (onlineAdd), sweep 2
-    // one ex2 (e/S) and three double reciprocals (MUFU.RCP64H: the two divisions and 1/overlap),
-    // sweep 3 one ex2 (e/S) and, for co-positive partners, two float divisions (one rcp each).
-    const double dv = static_cast<double>(cfg.vdim ? D : 1);
-    st.mufuOps = t13 * (2.0 * dv + 2.0) + pairs2 * (2.0 * dv + 5.0) + (runSweep3 ? t13 * (2.0 * dv + 2.0) + 2.0 * pairs2 : 0.0);
+    // Special-function (MUFU) operations of the pair sweeps, counted from the PTX of the kernels
+    // (nvcc 13.0, sm_90; bench/RESULTS.md): Dist costs rcp.approx + lg2.approx per lane-dim slot
+    // (L·NJ lanes-dims with a per-dim variance, padding included; otherwise once in each of the
+    // group's L lanes), and every lane of the group repeats the per-triple scalar ops: sweep 1 two
+    // ex2 (BC, online sum), sweep 2 two ex2 (BC, e/S) and four double reciprocals (MUFU.RCP64H:
+    // two divisions, 1/overlap, one more), sweep 3 two ex2 (BC, e/S) and, for co-positive partners,
+    // two float divisions (one rcp each). The generic kernel works like L = 32 and recomputes
+    // 1/(a+b) in sweep 3.
+    const double lanes = cfg.generic ? 32.0 : static_cast<double>(cfg.L);
+    const double dimSlots = cfg.generic ? 32.0 * std::ceil(static_cast<double>(D) / 32.0) : static_cast<double>(cfg.L * cfg.NJ);
+    const double distOps = cfg.vdim ? 2.0 * dimSlots : 2.0 * lanes;
+    const double sweep1 = distOps + 2.0 * lanes, sweep2 = distOps + 6.0 * lanes;
+    const double sweep3 = distOps + 2.0 * lanes + (cfg.generic ? (cfg.vdim ? dimSlots : lanes) : 0.0);
+    st.mufuOps = t13 * sweep1 + pairs2 * sweep2 + (runSweep3 ? t13 * sweep3 + pairs2 * 2.0 * lanes : 0.0);
     st.config = cfg.generic ? std::string("generic (warp per anchor row)")
                             : "tiled L=" + std::to_string(cfg.L) + " NJ=" + std::to_string(cfg.NJ) +
                                   " RA=" + std::to_string(cfg.RA) + " TP=" + std::to_string(shape[1].tileP) + "/" +
