@@ -354,6 +354,9 @@ void reportFinding(const std::string& text) { report(text, text); }
 }  // namespace kmcl_emu_check
 
 // ---- the hooks the instrumented translation unit calls (the ThreadSanitizer ABI) ----
+// Only in checker builds: with another sanitizer on (the ASan/UBSan build) the compiler declares
+// these names itself, and nothing calls them.
+#if defined(KMCL_EMU_CHECKER)
 extern "C" {
 using kmcl_emu_check::hook;
 void __tsan_init() {}
@@ -395,3 +398,4 @@ void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); 
 void __tsan_vptr_update(void**, void*) {}
 void __tsan_vptr_read(void**) {}
 }
+#endif  // KMCL_EMU_CHECKER
