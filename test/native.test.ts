@@ -39,5 +39,12 @@ describe('kmcl_native_test (CUDA vs CPU float64, CPU float32 vs float64, fixture
     // The CPU cases run everywhere: float64 and float32 against every fixture at least.
     const cpuPassed = lines.filter((l) => /^ok {3}cpu(64|32)\//.test(l)).length;
     expect(cpuPassed, `CPU cases passed: ${cpuPassed}`).toBeGreaterThanOrEqual(2 * fixtureCount);
+    // The CUDA emulator's own checks caught each planted fault (emu/selftest/*: races, guard zones,
+    // shuffle divergence, schedules, device math) wherever the emulation is built.
+    if (/^CUDA emulation .*: on/m.test(run.stdout)) {
+      const checker = /memory checker \(races, guard zones\) on/.test(run.stdout);
+      const selfTests = lines.filter((l) => /^ok {3}emu\/selftest\//.test(l)).length;
+      expect(selfTests, `emulator self-tests passed: ${selfTests}`).toBe(checker ? 10 : 3);
+    }
   }, 900_000);
 });

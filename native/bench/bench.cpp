@@ -2,7 +2,9 @@
 // float32 path) over a grid of problem sizes.
 //
 //   kmcl_bench [--quick] [--cpu] [--runs N] [--warmup N] [--max-batch N] [--variance mks|bc|rbf]
-//              [--csv FILE] [--json FILE]
+//              [--only B,K,M] [--csv FILE] [--json FILE]
+//
+// --only B,K,M runs that one cell (M = 1: isotropic, else anisotropic), e.g. under Nsight Compute.
 //
 // Grid: B ∈ {64, 256, 1024, 4096, 16384} × K ∈ {20, 80} × M ∈ {1 (isotropic, variance [B, K, 1]),
 // 128 (anisotropic, variance [B, 1, M] by default: the "MKS" layout)}, 3 positive labels per
@@ -14,10 +16,14 @@
 //                 ways, kernels (what a caller waits for)
 //   Gtd/s         triple-dims per second: (i, l, k, m) evaluations of the Bhattacharyya distance,
 //                 m over muDim, summed over the three contrastive sweeps, per kernel second
-//   floor ms      the special-function floor: Dist costs one reciprocal and one logarithm (MUFU
-//                 ops) per (triple, variance dim), so mufuOps = 2 · triples · (Dv > 1 ? D : 1);
+//   floor ms      the special-function floor: the MUFU ops the pair sweeps issue, counted per
+//                 layout from the kernels' PTX (cuda_internal.h CallStats::mufuOps, bench/RESULTS.md):
+//                 rcp + lg2 per lane-dim slot of Dist, plus the per-lane exponentials (and, in
+//                 sweep 2, double reciprocals) that every lane of a partner group repeats: 2.5 per
+//                 triple-dim for a per-dim variance at D = 128, 4 per triple for isotropic mu;
 //                 floor = mufuOps / (16 MUFU ops/clk/SM · SMs · SM clock), SMs and clock read
 //                 from the device at run time (H100/H200: 132 SMs, 1.98 GHz)
+//   MUFU/td       mufuOps / triple-dims (in the JSON and CSV)
 //   % floor       floor ms / kernel ms
 //   peak MiB      the device workspace high-water mark of the configuration (inputs, gradients,
 //                 scratch; the workspace is released before each configuration)
@@ -184,6 +190,7 @@ int main(int argc, char** argv) {
   int runs = 20, warmup = 3;
   int64_t maxBatch = 16384;
   std::string csvPath, jsonPath, variance = "mks";
+  int64_t onlyB = 0, onlyK = 0, onlyM = 0;
   for (int a = 1; a < argc; ++a) {
     const std::string s = argv[a];
     auto next = [&]() -> std::string {
@@ -198,10 +205,18 @@ int main(int argc, char** argv) {
     else if (s == "--csv") csvPath = next();
     else if (s == "--json") jsonPath = next();
     else if (s == "--variance") variance = next();
+    else if (s == "--only") {
+      const std::string v = next();
+      if (std::sscanf(v.c_str(), "%lld,%lld,%lld", reinterpret_cast<long long*>(&onlyB), reinterpret_cast<long long*>(&onlyK),
+                      reinterpret_cast<long long*>(&onlyM)) != 3 || onlyB < 2 || onlyK < 1 || onlyM < 1) {
+        std::fprintf(stderr, "--only needs B,K,M (e.g. 4096,80,128)\n");
+        return 2;
+      }
+    }
     else {
       std::fprintf(stderr,
                    "usage: kmcl_bench [--quick] [--cpu] [--runs N] [--warmup N] [--max-batch N] [--variance mks|bc|rbf] "
-                   "[--csv FILE] [--json FILE]\n");
+                   "[--only B,K,M] [--csv FILE] [--json FILE]\n");
       return 2;
     }
   }
@@ -249,10 +264,14 @@ int main(int argc, char** argv) {
   std::vector<Config> grid;
   const std::vector<int64_t> Bs = quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{64, 256, 1024, 4096, 16384};
   const std::vector<int64_t> Ks = quick ? std::vector<int64_t>{80} : std::vector<int64_t>{20, 80};
-  for (int64_t B : Bs) {
-    if (B > maxBatch) continue;
-    for (int64_t K : Ks)
-      for (bool iso : {true, false}) grid.push_back(Config{B, K, iso ? 1 : 128, iso});
+  if (onlyB > 0) {
+    grid.push_back(Config{onlyB, onlyK, onlyM, onlyM == 1});
+  } else {
+    for (int64_t B : Bs) {
+      if (B > maxBatch) continue;
+      for (int64_t K : Ks)
+        for (bool iso : {true, false}) grid.push_back(Config{B, K, iso ? 1 : 128, iso});
+    }
   }
 
   std::printf("\n%6s %3s %4s %-16s %7s %10s | %9s %9s %8s %8s | %8s %8s %7s | %8s | %9s\n", "B", "K", "M", "layout", "rows",
@@ -382,6 +401,7 @@ int main(int argc, char** argv) {
         << ", \"kernelMs\": " << jsonNum(r.kernelMs) << ", \"totalMs\": " << jsonNum(r.totalMs)
         << ", \"uploadMs\": " << jsonNum(r.uploadMs) << ", \"downloadMs\": " << jsonNum(r.downloadMs)
         << ", \"gtdPerS\": " << jsonNum(r.gtdPerS) << ", \"mufuOps\": " << jsonNum(r.mufuOps)
+        << ", \"mufuPerTripleDim\": " << jsonNum(r.tripleDims > 0 ? r.mufuOps / r.tripleDims : NAN)
         << ", \"floorMs\": " << jsonNum(r.floorMs) << ", \"pctFloor\": " << jsonNum(r.pctFloor)
         << ", \"peakMiB\": " << jsonNum(r.peakMiB) << ", \"cpuMs\": " << jsonNum(r.cpuMs) << ", \"loss\": " << jsonNum(r.loss)
         << ", \"kernelConfig\": " << jsonStr(r.kernelConfig) << ", \"note\": " << jsonStr(r.note) << "}"

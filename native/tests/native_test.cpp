@@ -4,10 +4,16 @@
 // against float64, float64 against the fixtures, and the CUDA sources run under the CPU emulation
 // (native/tests/emu, Linux) against float64.
 //
-//   kmcl_native_test [--quick] [--filter TEXT]... [--no-emu] [--no-cpu] [--no-cuda]
+//   kmcl_native_test [--quick] [--filter TEXT]... [--exclude TEXT]... [--no-emu] [--no-cpu] [--no-cuda]
+//                    [--seeds LIST] [--fail-fast] [--require-cuda]
 //
-// --filter (repeatable) runs the cases whose names contain any of the texts; --quick leaves out the
-// large random problems (B ≥ 1000), for sanitizer runs.
+// --filter (repeatable) runs the cases whose names contain any of the texts, --exclude leaves out
+// those containing any of its texts; --quick leaves out the large random problems (B ≥ 1000), for
+// sanitizer runs. --seeds: the emulator's schedule seeds (comma-separated; default 0,1,2): every
+// emulated fixture and random case runs once per seed (seed 0: threads in id order; s > 0: random
+// warp and lane orders and random preemption, see emu/cuda_emu.h), named "…@sN" for N > 0; the
+// emulator's race detector and guard zones fail a case whatever the seed. --fail-fast stops at the
+// first failed case (mutation tests). --require-cuda fails (exit 1) when any cuda/ case was skipped.
 // One line per case: "ok   name …", "FAIL name …" or "skip name (reason)", then exactly
 // "N passed, N failed, N skipped". Exit code 1 when a case failed, else 0. Without a usable CUDA
 // device every cuda/ case is skipped (the reason is printed).
@@ -218,9 +224,14 @@ Verdict compare(const Result& got, const Result& ref) {
 
 struct Report {
   int passed = 0, failed = 0, skipped = 0;
+  int cudaSkipped = 0;
+  bool failFast = false;
   std::vector<std::string> filters;  // a case runs when its name contains any of them (or none given)
+  std::vector<std::string> excludes;  // … and none of these
 
   bool selected(const std::string& name) const {
+    for (const std::string& f : excludes)
+      if (name.find(f) != std::string::npos) return false;
     if (filters.empty()) return true;
     for (const std::string& f : filters)
       if (name.find(f) != std::string::npos) return true;
@@ -235,9 +246,15 @@ struct Report {
     ++failed;
     std::printf("FAIL %s  %s\n", name.c_str(), detail.c_str());
     std::fflush(stdout);
+    if (failFast) {
+      std::printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+      std::fflush(stdout);
+      std::exit(1);
+    }
   }
   void skip(const std::string& name, const std::string& reason) {
     ++skipped;
+    if (name.rfind("cuda/", 0) == 0) ++cudaSkipped;
     std::printf("skip %s (%s)\n", name.c_str(), reason.c_str());
     std::fflush(stdout);
   }
@@ -557,7 +574,8 @@ struct EnvGuard {
 
 int main(int argc, char** argv) {
   Report rep;
-  bool quick = false, noEmu = false, noCpu = false, noCuda = false;
+  bool quick = false, noEmu = false, noCpu = false, noCuda = false, requireCuda = false;
+  std::vector<uint64_t> seeds = {0, 1, 2};
   for (int a = 1; a < argc; ++a) {
     const std::string s = argv[a];
     if (s == "--quick") {
@@ -570,8 +588,22 @@ int main(int argc, char** argv) {
       noCuda = true;
     } else if (s == "--filter" && a + 1 < argc) {
       rep.filters.push_back(argv[++a]);
+    } else if (s == "--exclude" && a + 1 < argc) {
+      rep.excludes.push_back(argv[++a]);
+    } else if (s == "--seeds" && a + 1 < argc) {
+      seeds.clear();
+      std::stringstream list(argv[++a]);
+      std::string item;
+      while (std::getline(list, item, ',')) seeds.push_back(std::strtoull(item.c_str(), nullptr, 10));
+      if (seeds.empty()) seeds.push_back(0);
+    } else if (s == "--fail-fast") {
+      rep.failFast = true;
+    } else if (s == "--require-cuda") {
+      requireCuda = true;
     } else {
-      std::fprintf(stderr, "usage: kmcl_native_test [--quick] [--filter TEXT] [--no-emu] [--no-cpu] [--no-cuda]\n");
+      std::fprintf(stderr,
+                   "usage: kmcl_native_test [--quick] [--filter TEXT]... [--exclude TEXT]... [--no-emu] [--no-cpu] [--no-cuda] "
+                   "[--seeds 0,1,2] [--fail-fast] [--require-cuda]\n");
       return 2;
     }
   }
@@ -593,9 +625,34 @@ int main(int argc, char** argv) {
                          .c_str()
                    : ("skipped: " + cudaSkip).c_str());
   const bool emu = kmcl::emu::available() && !noEmu;
-  std::printf("CUDA emulation (the CUDA sources on the CPU): %s\n",
-              emu ? "on" : (noEmu ? "off (--no-emu)" : "not built on this platform"));
+  std::printf("CUDA emulation (the CUDA sources on the CPU): %s%s\n",
+              emu ? "on" : (noEmu ? "off (--no-emu)" : "not built on this platform"),
+              emu ? (kmcl::emu::checkerEnabled() ? "; memory checker (races, guard zones) on" : "; memory checker off in this build") : "");
+  // Each emulated fixture and random case runs once per schedule seed.
+  auto seedSuffix = [](uint64_t seed) { return seed == 0 ? std::string() : "@s" + std::to_string(seed); };
+  auto runEmu = [&](const std::string& name, const std::function<Verdict()>& fn) {
+    for (uint64_t seed : seeds) {
+      const std::string n = name + seedSuffix(seed);
+      if (!rep.selected(n)) continue;
+      kmcl::emu::setSchedule(seed);
+      rep.run(n, fn);
+      kmcl::emu::setSchedule(0);
+    }
+  };
   std::fflush(stdout);
+
+  // ---- the emulator's own checks, on kernels with planted faults ----
+  if (emu) {
+    for (const kmcl::emu::SelfTestResult& t : kmcl::emu::selfTest()) {
+      const std::string name = "emu/selftest/" + t.name;
+      if (!rep.selected(name)) continue;
+      if (t.ok) {
+        rep.ok(name, t.detail.substr(0, 200));
+      } else {
+        rep.fail(name, t.detail);
+      }
+    }
+  }
 
   // ---- fixtures ----
   std::vector<Data> fixtures;
@@ -618,8 +675,7 @@ int main(int argc, char** argv) {
       if (!ref) ref = std::make_unique<Result>(runCpu<double>(d, true));
       return *ref;
     };
-    if (emu)
-      rep.run("emu/fixture/" + d.name, [&] { return compare(runDevice(&kmcl::emu::computeCuda, d), reference()); });
+    if (emu) runEmu("emu/fixture/" + d.name, [&] { return compare(runDevice(&kmcl::emu::computeCuda, d), reference()); });
     const std::string name = "cuda/fixture/" + d.name;
     if (!rep.selected(name)) continue;
     if (!cuda) {
@@ -643,7 +699,8 @@ int main(int argc, char** argv) {
     const std::string base = specName(s);
     const std::string cpuName = "cpu32/random/" + base, emuName = "emu/random/" + base, cudaName = "cuda/random/" + base;
     const bool wantCpu = !noCpu && s.cpu && !s.generic && !(quick && s.big) && rep.selected(cpuName);
-    const bool wantEmu = emu && s.emu && rep.selected(emuName);
+    bool wantEmu = false;
+    for (uint64_t seed : seeds) wantEmu = wantEmu || (emu && s.emu && rep.selected(emuName + seedSuffix(seed)));
     const bool wantCuda = rep.selected(cudaName) && !(quick && s.big);
     if (!wantCpu && !wantEmu && !wantCuda) continue;
     const Data d = makeRandom(s);
@@ -654,7 +711,7 @@ int main(int argc, char** argv) {
     };
     if (wantCpu) rep.run(cpuName, [&] { return compare(runCpu<float>(d, true), reference()); });
     if (wantEmu) {
-      rep.run(emuName, [&] {
+      runEmu(emuName, [&] {
         EnvGuard env(s);
         Verdict v = compare(runDevice(&kmcl::emu::computeCuda, d), reference());
         v.detail += std::string("[") + kmcl::emu::lastConfig() + "]";
@@ -806,6 +863,10 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (requireCuda && rep.cudaSkipped > 0) {
+    // The device check must not pass on a machine where CUDA was not usable.
+    rep.fail("require-cuda", std::to_string(rep.cudaSkipped) + " cuda/ case(s) skipped: " + cudaSkip);
+  }
   std::printf("%d passed, %d failed, %d skipped\n", rep.passed, rep.failed, rep.skipped);
   return rep.failed == 0 ? 0 : 1;
 }

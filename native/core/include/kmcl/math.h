@@ -167,12 +167,22 @@ KMCL_HD T bhattacharyyaLogDA(T a, T b, T inv, T invA) {
 constexpr float kLn2f = 0.693147180559945309f;
 constexpr float kInvLn2f = 1.44269504088896341f;
 
+// In the CPU emulation of the kernels (native/tests/emu, KMCL_CUDA_EMULATION) the device
+// instructions are modelled at their documented worst-case error (kmcl_emu_rt::rcpApproxFtz,
+// lg2Approx); those variants get their own (inline) namespace, so they never clash with the
+// host definitions other translation units of the same program use.
+#if defined(KMCL_CUDA_EMULATION) && !defined(__CUDA_ARCH__)
+inline namespace emulated_device {
+#endif
+
 // 1/x to within 1 ulp (MUFU.RCP). x is a sum of two variances: positive and normal.
 KMCL_HD float fastRcp(float x) {
 #if defined(__CUDA_ARCH__)
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
   return r;
+#elif defined(KMCL_CUDA_EMULATION)
+  return ::kmcl_emu_rt::rcpApproxFtz(x);
 #else
   return 1.0f / x;
 #endif
@@ -186,6 +196,8 @@ KMCL_HD float log2OnePlusFast(float x) {
       x * (kInvLn2f + x * (-0.5f * kInvLn2f + x * ((1.0f / 3.0f) * kInvLn2f + x * (-0.25f * kInvLn2f + x * (0.2f * kInvLn2f)))));
 #if defined(__CUDA_ARCH__)
   const float direct = __log2f(1.0f + x);
+#elif defined(KMCL_CUDA_EMULATION)
+  const float direct = ::kmcl_emu_rt::lg2Approx(1.0f + x);
 #else
   const float direct = static_cast<float>(std::log1p(static_cast<double>(x)) * 1.44269504088896341);
 #endif
@@ -197,6 +209,10 @@ KMCL_HD float log2OnePlusFast(float x) {
 KMCL_HD float bhattacharyyaLogScaledFast(float a, float b, float invA, float invB) {
   return log2OnePlusFast(bhattacharyyaLogArg(a, b, invA, invB));
 }
+
+#if defined(KMCL_CUDA_EMULATION) && !defined(__CUDA_ARCH__)
+}  // inline namespace emulated_device
+#endif
 
 // bhattacharyyaLogDA for both sides of one pair at once: ∂log/∂a and ∂log/∂b, sharing (a-b)/(a+b).
 template <class T>

@@ -45,9 +45,21 @@
 #include "kmcl/kmcl.h"
 
 #if defined(KMCL_CUDA_EMULATION)
-#define KMCL_LAUNCH(kernel, grid, block, smem, stream) ::kmcl_emu_rt::launch(kernel, grid, block, smem, stream)
+#define KMCL_LAUNCH_NAMED(kernel, name, grid, block, smem, stream) ::kmcl_emu_rt::launch(kernel, name, grid, block, smem, stream)
 #else
-#define KMCL_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define KMCL_LAUNCH_NAMED(kernel, name, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#endif
+#define KMCL_LAUNCH(kernel, grid, block, smem, stream) KMCL_LAUNCH_NAMED(kernel, #kernel, grid, block, smem, stream)
+
+// Guard zones between the workspace sub-buffers: always in the CPU emulation (whose checker reports
+// any kernel access to them), in device builds with KMCL_CUDA_GUARDS (CMake option of the same
+// name, on in Debug builds) or at run time with the environment variable KMCL_CUDA_GUARDS=1. The
+// gaps are filled with kGuardByte before the kernels and checked after them; a changed byte fails
+// the call with an error naming the buffer it follows.
+#if defined(KMCL_CUDA_EMULATION) || defined(KMCL_CUDA_GUARDS)
+#define KMCL_GUARDS_COMPILED 1
+#else
+#define KMCL_GUARDS_COMPILED 0
 #endif
 
 // Every CUDA call goes through this: a failure becomes std::runtime_error naming the call and site.
@@ -95,24 +107,40 @@ inline SweepShape sweepShape(const PairConfig& c, int sweep, size_t budget, int 
   return s;
 }
 
-// Byte offsets of buffers in one allocation, 256-byte aligned, with overflow checks.
+constexpr unsigned char kGuardByte = 0xA5;
+constexpr uint64_t kGuardBytes = 256;
+
+// A named buffer of a layout (for guard-zone messages).
+struct Region {
+  uint64_t offset;
+  uint64_t bytes;
+  const char* name;
+};
+
+// Byte offsets of buffers in one allocation, 256-byte aligned, with overflow checks. With guard > 0
+// every buffer is followed (and the first preceded) by at least that many unused bytes.
 class Layout {
  public:
+  explicit Layout(uint64_t guard = 0) : bytes_(guard), guard_(guard) {}
   template <class T>
-  size_t add(uint64_t count) {
+  size_t add(uint64_t count, const char* name) {
     const uint64_t off = (bytes_ + 255) / 256 * 256;
     const uint64_t size = count * sizeof(T);
     if (count != 0 && size / sizeof(T) != count) overflow_ = true;
     if (off + size < off) overflow_ = true;
-    bytes_ = off + size;
+    bytes_ = off + size + guard_;
+    regions_.push_back(Region{off, size, name});
     return static_cast<size_t>(off);
   }
   uint64_t bytes() const { return bytes_; }
   bool overflow() const { return overflow_ || bytes_ > (uint64_t(1) << 60); }
+  const std::vector<Region>& regions() const { return regions_; }
 
  private:
   uint64_t bytes_ = 0;
+  uint64_t guard_ = 0;
   bool overflow_ = false;
+  std::vector<Region> regions_;
 };
 
 class Backend {
@@ -308,6 +336,49 @@ class Backend {
     flush();
   }
 
+  // The gaps between the regions (sorted by offset) within [0, total).
+  static std::vector<Region> gaps(const std::vector<Region>& regions, uint64_t total) {
+    std::vector<Region> g;
+    uint64_t pos = 0;
+    const char* before = "(start of the workspace)";
+    for (const Region& r : regions) {
+      if (r.offset > pos) g.push_back(Region{pos, r.offset - pos, before});
+      pos = std::max(pos, r.offset + r.bytes);
+      before = r.name;
+    }
+    if (total > pos) g.push_back(Region{pos, total - pos, before});
+    return g;
+  }
+
+  void fillGuards(const std::vector<Region>& regions, uint64_t total) {
+    for (const Region& g : gaps(regions, total))
+      KMCL_CUDA_CHECK(cudaMemsetAsync(ws_ + g.offset, kGuardByte, static_cast<size_t>(g.bytes), stream_));
+  }
+
+  // After the kernels: every guard byte must still hold the pattern.
+  void checkGuards(const std::vector<Region>& regions, uint64_t total) {
+    const std::vector<Region> gs = gaps(regions, total);
+    std::vector<std::vector<unsigned char>> copies(gs.size());
+    for (size_t i = 0; i < gs.size(); ++i) {
+      copies[i].resize(static_cast<size_t>(gs[i].bytes));
+      KMCL_CUDA_CHECK(cudaMemcpyAsync(copies[i].data(), ws_ + gs[i].offset, copies[i].size(), cudaMemcpyDeviceToHost, stream_));
+    }
+    KMCL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (size_t i = 0; i < gs.size(); ++i) {
+      size_t bad = 0, first = 0;
+      for (size_t b = 0; b < copies[i].size(); ++b) {
+        if (copies[i][b] != kGuardByte) {
+          if (bad++ == 0) first = b;
+        }
+      }
+      if (bad) {
+        throw std::runtime_error("CUDA guard zone check: " + std::to_string(bad) + " byte(s) of the guard zone after buffer '" +
+                                 gs[i].name + "' were overwritten by a kernel (the first " + std::to_string(first) +
+                                 " bytes past its end)");
+      }
+    }
+  }
+
   template <class T>
   T* at(size_t offset) const {
     return reinterpret_cast<T*>(ws_ + offset);
@@ -345,23 +416,24 @@ class Backend {
 
     // ---- phase 1: buffers whose size follows from the shape (an absurd shape fails here, before
     // any input is read) ----
-    Layout lay;
-    const size_t oFeatures = lay.add<float>(sh.featuresSize());
-    const size_t oLogits = lay.add<float>(sh.logitsSize());
-    const size_t oMu = lay.add<float>(sh.muSize());
-    const size_t oVar = lay.add<float>(sh.varianceSize());
-    const size_t oInvVar = lay.add<float>(sh.varianceSize());
-    const size_t oGFeatures = lay.add<float>(wantGrad ? sh.featuresSize() : 0);
-    const size_t oGLogits = lay.add<float>(wantGrad ? sh.logitsSize() : 0);
-    const size_t oGMu = lay.add<float>(wantGrad ? sh.muSize() : 0);
-    const size_t oGVar = lay.add<float>(wantGrad ? sh.varianceSize() : 0);
-    const size_t oU = lay.add<float>(B * K);
-    const size_t oGE = lay.add<float>(wantGrad ? B * K : 0);
-    const size_t oAslRow = lay.add<double>(B);
-    const size_t oRecRow = lay.add<double>(B);
-    const size_t oConRow = lay.add<double>(B);
-    const size_t oCoef = lay.add<float>(B);
-    const size_t oResult = lay.add<double>(4);
+    const bool guards = KMCL_GUARDS_COMPILED || envFlag("KMCL_CUDA_GUARDS");
+    Layout lay(guards ? kGuardBytes : 0);
+    const size_t oFeatures = lay.add<float>(sh.featuresSize(), "features");
+    const size_t oLogits = lay.add<float>(sh.logitsSize(), "logits");
+    const size_t oMu = lay.add<float>(sh.muSize(), "mu");
+    const size_t oVar = lay.add<float>(sh.varianceSize(), "variance");
+    const size_t oInvVar = lay.add<float>(sh.varianceSize(), "1/variance");
+    const size_t oGFeatures = lay.add<float>(wantGrad ? sh.featuresSize() : 0, "d/dfeatures");
+    const size_t oGLogits = lay.add<float>(wantGrad ? sh.logitsSize() : 0, "d/dlogits");
+    const size_t oGMu = lay.add<float>(wantGrad ? sh.muSize() : 0, "d/dmu");
+    const size_t oGVar = lay.add<float>(wantGrad ? sh.varianceSize() : 0, "d/dvariance");
+    const size_t oU = lay.add<float>(B * K, "U (E_ik)");
+    const size_t oGE = lay.add<float>(wantGrad ? B * K : 0, "GE (dL/dE_ik)");
+    const size_t oAslRow = lay.add<double>(B, "aslRow");
+    const size_t oRecRow = lay.add<double>(B, "recRow");
+    const size_t oConRow = lay.add<double>(B, "conRow");
+    const size_t oCoef = lay.add<float>(B, "coef");
+    const size_t oResult = lay.add<double>(4, "result");
     if (lay.overflow()) throw std::runtime_error("computeCuda: the problem is too large to address");
     ensureWorkspace(lay.bytes());
 
@@ -451,26 +523,26 @@ class Backend {
     }
 
     // ---- phase 2: label-dependent buffers; the tables travel as one blob ----
-    Layout blob;
-    const size_t bBits = blob.add<uint32_t>(B * W);
-    const size_t bLabelCount = blob.add<int>(B);
-    const size_t bSampleRowStart = blob.add<int>(B + 1);
-    const size_t bRowSample = blob.add<int>(R);
-    const size_t bSampleRows = blob.add<int>(R);
-    const size_t bClassRowStart = blob.add<int>(K + 1);
-    const size_t bTiles = blob.add<Tile>(T);
-    const size_t oBlob = lay.add<unsigned char>(blob.bytes());
-    const size_t oPartial = lay.add<OnlineStat>(R * NC);
-    const size_t oRowMax = lay.add<float>(R);
-    const size_t oRowInvSum = lay.add<float>(R);
-    const size_t oRowSumLog = lay.add<double>(R);
-    const size_t oRowAnchorCount = lay.add<double>(R);
-    const size_t oRowQ = lay.add<double>(R);
+    Layout blob(guards ? kGuardBytes : 0);
+    const size_t bBits = blob.add<uint32_t>(B * W, "label bits");
+    const size_t bLabelCount = blob.add<int>(B, "labelCount");
+    const size_t bSampleRowStart = blob.add<int>(B + 1, "sampleRowStart");
+    const size_t bRowSample = blob.add<int>(R, "rowSample");
+    const size_t bSampleRows = blob.add<int>(R, "sampleRows");
+    const size_t bClassRowStart = blob.add<int>(K + 1, "classRowStart");
+    const size_t bTiles = blob.add<Tile>(T, "tiles");
+    const size_t oBlob = lay.add<unsigned char>(blob.bytes(), "label tables");
+    const size_t oPartial = lay.add<OnlineStat>(R * NC, "partial (sweep 1)");
+    const size_t oRowMax = lay.add<float>(R, "rowMax");
+    const size_t oRowInvSum = lay.add<float>(R, "rowInvSum");
+    const size_t oRowSumLog = lay.add<double>(R, "rowSumLog");
+    const size_t oRowAnchorCount = lay.add<double>(R, "rowAnchorCount");
+    const size_t oRowQ = lay.add<double>(R, "rowQ");
     if (lay.overflow() || blob.overflow()) throw std::runtime_error("computeCuda: the problem is too large to address");
     ensureWorkspace(lay.bytes());
     ensurePinned();
 
-    std::vector<unsigned char> host(static_cast<size_t>(blob.bytes()), 0);
+    std::vector<unsigned char> host(static_cast<size_t>(blob.bytes()), guards ? kGuardByte : 0);
     auto put = [&](size_t off, const void* src, size_t n) {
       if (n) std::memcpy(host.data() + off, src, n);
     };
@@ -490,6 +562,24 @@ class Backend {
     upload(at<float>(oMu), pr.mu, static_cast<size_t>(sh.muSize()) * sizeof(float));
     upload(at<float>(oVar), pr.variance, static_cast<size_t>(sh.varianceSize()) * sizeof(float));
     KMCL_CUDA_CHECK(cudaEventRecord(timing_[1], stream_));
+
+    // Guard zones: every byte of the workspace outside the buffers (the blob's gaps came with it).
+    std::vector<Region> regions;
+    if (guards) {
+      for (const Region& r : lay.regions()) {
+        if (r.offset != oBlob) {
+          regions.push_back(r);
+          continue;
+        }
+        for (const Region& q : blob.regions()) regions.push_back(Region{oBlob + q.offset, q.bytes, q.name});
+      }
+      fillGuards(regions, lay.bytes());
+#if defined(KMCL_CUDA_EMULATION)
+      std::vector<kmcl_emu_check::Region> described;
+      for (const Region& r : regions) described.push_back(kmcl_emu_check::Region{static_cast<size_t>(r.offset), static_cast<size_t>(r.bytes), r.name});
+      emuDescribeBuffers(ws_, described);
+#endif
+    }
 
     const uint32_t* dBits = reinterpret_cast<const uint32_t*>(at<unsigned char>(oBlob) + bBits);
     const int* dLabelCount = reinterpret_cast<const int*>(at<unsigned char>(oBlob) + bLabelCount);
@@ -575,7 +665,8 @@ class Backend {
       pp.strideD = shape[sw].strideD;
       KMCL_CUDA_CHECK(cudaFuncSetAttribute(fn[sw], cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(shape[sw].smemBytes)));
-      KMCL_LAUNCH(fn[sw], grid, dim3(kThreads), shape[sw].smemBytes, stream_)(pp);
+      [[maybe_unused]] static const char* const kSweepName[4] = {"", "pairKernel<1> (S)", "pairKernel<2> (co-positive terms)", "pairKernel<3> (gradients)"};
+      KMCL_LAUNCH_NAMED(fn[sw], kSweepName[sw], grid, dim3(kThreads), shape[sw].smemBytes, stream_)(pp);
       launchCheck("pairKernel<<<>>>");
     };
 
@@ -618,6 +709,7 @@ class Backend {
       launchCheck("lossTerms<<<>>>");
     }
     KMCL_CUDA_CHECK(cudaEventRecord(timing_[2], stream_));
+    if (guards) checkGuards(regions, lay.bytes());
 
     // ---- downloads ----
     double terms[4] = {0, 0, 0, 0};
@@ -664,7 +756,20 @@ class Backend {
     const double t13 = static_cast<double>(R) * static_cast<double>(B - 1);
     st.triples = t13 + pairs2 + (runSweep3 ? t13 : 0.0);
     st.tripleDims = st.triples * static_cast<double>(D);
-    st.mufuOps = 2.0 * st.triples * static_cast<double>(cfg.vdim ? D : 1);
+    // Special-function (MUFU) operations of the pair sweeps, counted from the PTX of the kernels
+    // (nvcc 13.0, sm_90; bench/RESULTS.md): Dist costs rcp.approx + lg2.approx per lane-dim slot
+    // (L·NJ lanes-dims with a per-dim variance, padding included; otherwise once in each of the
+    // group's L lanes), and every lane of the group repeats the per-triple scalar ops: sweep 1 two
+    // ex2 (BC, online sum), sweep 2 two ex2 (BC, e/S) and four double reciprocals (MUFU.RCP64H:
+    // two divisions, 1/overlap, one more), sweep 3 two ex2 (BC, e/S) and, for co-positive partners,
+    // two float divisions (one rcp each). The generic kernel works like L = 32 and recomputes
+    // 1/(a+b) in sweep 3.
+    const double lanes = cfg.generic ? 32.0 : static_cast<double>(cfg.L);
+    const double dimSlots = cfg.generic ? 32.0 * std::ceil(static_cast<double>(D) / 32.0) : static_cast<double>(cfg.L * cfg.NJ);
+    const double distOps = cfg.vdim ? 2.0 * dimSlots : 2.0 * lanes;
+    const double sweep1 = distOps + 2.0 * lanes, sweep2 = distOps + 6.0 * lanes;
+    const double sweep3 = distOps + 2.0 * lanes + (cfg.generic ? (cfg.vdim ? dimSlots : lanes) : 0.0);
+    st.mufuOps = t13 * sweep1 + pairs2 * sweep2 + (runSweep3 ? t13 * sweep3 + pairs2 * 2.0 * lanes : 0.0);
     st.config = cfg.generic ? std::string("generic (warp per anchor row)")
                             : "tiled L=" + std::to_string(cfg.L) + " NJ=" + std::to_string(cfg.NJ) +
                                   " RA=" + std::to_string(cfg.RA) + " TP=" + std::to_string(shape[1].tileP) + "/" +

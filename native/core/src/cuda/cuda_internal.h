@@ -23,7 +23,9 @@ struct CallStats {
   int64_t chunks = 0;              // partner chunks per tile in sweeps 1 and 3
   double triples = 0;              // (i, l, k) triples evaluated over the three sweeps
   double tripleDims = 0;           // (i, l, k, m) triple-dims evaluated (m over muDim)
-  double mufuOps = 0;              // reciprocals + logarithms in Dist: 2 per (triple, variance dim)
+  double mufuOps = 0;              // special-function ops of the pair sweeps, per layout, from the
+                                   // kernels' PTX (backend.cuh): 2.5 per triple-dim at D = 128 with a
+                                   // per-dim variance, 4 per triple for isotropic mu
   std::string config;              // kernel choice, e.g. "tiled L=32 NJ=4 RA=4 per-dim variance"
 };
 
