@@ -15,8 +15,8 @@ import {
   type DigitSource,
   type MultilabelDataset,
   type MultilabelSplit,
-} from '../src/demo/data.js';
-import { createRng, mixSeed, mulberry32 } from '../src/demo/random.js';
+} from '../apps/demo/data.js';
+import { createRng, mixSeed, mulberry32 } from '../dev/seeded-random.js';
 
 const bytes = (a: ArrayBufferView): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 

@@ -8,10 +8,10 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { backendInfo } from '../src/native.js';
-import { registerWasmConvGradients } from '../src/demo/model.js';
-import { EpochProgress, formatDuration, type ProgressStream } from '../src/demo/progress.js';
-import type { DemoReport } from '../src/demo/report.js';
-import { DEFAULT_CONFIG, DemoArgsError, QUICK_OVERRIDES, demoConfig, parseDemoArgs, runDemo } from '../src/demo/run.js';
+import { registerWasmConvGradients } from '../apps/demo/model.js';
+import { EpochProgress, formatDuration, type ProgressStream } from '../apps/demo/progress.js';
+import type { DemoReport } from '../apps/demo/report.js';
+import { DEFAULT_CONFIG, DemoArgsError, QUICK_OVERRIDES, demoConfig, parseDemoArgs, runDemo } from '../apps/demo/run.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const tmp = mkdtempSync(join(tmpdir(), 'kmcl-demo-test-'));

@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 
-import type { PrecisionRecallF1 } from '../metrics.js';
+import type { PrecisionRecallF1 } from 'kmcl/tfjs';
 
 /** The two runs of the demo. */
 export type RunName = 'kmcl' | 'asl';
@@ -114,6 +114,8 @@ export interface DemoReport {
   };
   data: {
     source: string;
+    /** What the images are (task, grid, difficulty). */
+    task: string;
     classes: number;
     classNames: string[];
     imageSize: number;
