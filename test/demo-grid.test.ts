@@ -111,7 +111,7 @@ describe('makeGridDataset (the grid task)', () => {
       for (let c = 0; c < GRID_CELLS; c++) {
         if (ds.train.cellDigits[n * GRID_CELLS + c] >= 0) continue;
         emptyCells++;
-        // Noise alone (σ 0.12, clipped at 0) sums to about 100 · 0.048 ≈ 4.8 per cell; a half digit adds ≥ ~6.
+        // Noise alone (σ 0.05, clipped at 0) sums to about 100 · 0.02 = 2 per cell; a half digit adds more.
         if (cellSum(ds.train, n, c) > 10) clutteredCells++;
       }
     }
