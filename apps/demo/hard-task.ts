@@ -22,12 +22,12 @@
  * 5. the digit cells are a uniformly random subset of the 9 positions.
  *
  * ## Distractors, scaled by `difficulty` d ∈ [0, 2] (default 1)
- * - fragments: each empty cell holds, with probability 0.2·d (at most 1), one quadrant-pair
+ * - fragments: each empty cell holds, with probability 0.12·d (at most 1), one quadrant-pair
  *   (a random half: top, bottom, left or right) of a random digit of the split that is NOT
  *   labelled — stroke clutter that looks like part of a digit;
- * - occlusion: each digit cell loses, with probability 0.2·d (at most 1), a random rectangle of
+ * - occlusion: each digit cell loses, with probability 0.15·d (at most 1), a random rectangle of
  *   3–6 × 3–6 pixels (set to 0);
- * - noise: Gaussian pixel noise of standard deviation 0.05·d on the whole image, clipped to [0, 1].
+ * - noise: Gaussian pixel noise of standard deviation 0.04·d on the whole image, clipped to [0, 1].
  * d = 0 gives clean 3×3 composites; the digits stay on a 10×10 grid either way.
  *
  * ## Splits and determinism
@@ -115,9 +115,9 @@ function buildGridDesign(): GridDesign {
     labelCountProbabilities: Object.freeze([0.2, 0.28, 0.24, 0.15, 0.08, 0.05]),
     duplicateProbability: 0.3,
     zipfExponent,
-    fragmentProbability: 0.2,
-    occlusionProbability: 0.2,
-    noiseStd: 0.05,
+    fragmentProbability: 0.12,
+    occlusionProbability: 0.15,
+    noiseStd: 0.04,
   };
 }
 

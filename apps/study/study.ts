@@ -18,7 +18,7 @@ import type { Device } from 'kmcl';
 import { buildDemoModel, countParameters, registerWasmConvGradients } from '../demo/model.js';
 import { progressModeFor, formatDuration, type ProgressMode, type ProgressStream } from '../demo/progress.js';
 import { RUN_LABELS, type RunName } from '../demo/report.js';
-import { DemoArgsError, makeDemoData, modelDescription, trainAndEvaluate, type DemoBackend, type DemoTask, type SplitTensors } from '../demo/run.js';
+import { DemoArgsError, makeDemoData, modelDescription, trainAndEvaluate, type DemoBackend, type DemoData, type DemoTask, type SplitTensors } from '../demo/run.js';
 import { MAX_DIFFICULTY } from '../demo/hard-task.js';
 import { pairedInterval } from './stats.js';
 import { writeStudyOutputs } from './report.js';
@@ -73,15 +73,15 @@ export const DEFAULT_STUDY: Readonly<StudyConfig> = Object.freeze({
   task: 'grid',
   difficulty: 1,
   seeds: [1, 2, 3, 4, 5],
-  trainSizes: [1000, 4000],
-  epochs: [16, 8],
-  valSize: 500,
-  testSize: 2000,
+  trainSizes: [500, 2000],
+  epochs: [15, 6],
+  valSize: 200,
+  testSize: 1500,
   batchSize: 64,
   learningRate: 3e-3,
   temperature: 0.17,
   ablationSeeds: 3,
-  ablationSize: 1000,
+  ablationSize: 500,
   device: 'auto',
   backend: 'wasm',
   out: 'study-out',
@@ -92,12 +92,12 @@ export const DEFAULT_STUDY: Readonly<StudyConfig> = Object.freeze({
 /** `--quick`: 3 seeds, one size, a few epochs, no head ablation. */
 export const QUICK_STUDY: Readonly<Partial<StudyConfig>> = Object.freeze({
   seeds: [1, 2, 3],
-  trainSizes: [800],
-  epochs: [8],
+  trainSizes: [500],
+  epochs: [6],
   testSize: 1000,
-  valSize: 300,
+  valSize: 200,
   ablationSeeds: 0,
-  ablationSize: 800,
+  ablationSize: 500,
 });
 
 export const STUDY_USAGE = `Usage: npm run study [-- FLAGS]
@@ -466,14 +466,19 @@ export function groupByFrequency(runs: readonly StudyRun[], frequency: readonly 
 // ---------------------------------------------------------------------------------------------
 // The run
 
-/** The planned runs in order: for each seed, each size, each head of that (seed, size). */
+/**
+ * The planned pairs in order: first the main comparison (each seed, each size, default head),
+ * then the ablation's other heads (the first `ablationSeeds` seeds, at the ablation size), so a
+ * study stopped part-way has the main comparison first.
+ */
 export function planRuns(c: StudyConfig): { seed: number; seedIndex: number; trainSize: number; epochs: number; head: HeadSpec }[] {
   const plan: { seed: number; seedIndex: number; trainSize: number; epochs: number; head: HeadSpec }[] = [];
   c.seeds.forEach((seed, seedIndex) => {
-    c.trainSizes.forEach((trainSize, i) => {
-      const heads = trainSize === c.ablationSize && seedIndex < c.ablationSeeds ? ABLATION_HEADS : [DEFAULT_HEAD];
-      for (const head of heads) plan.push({ seed, seedIndex, trainSize, epochs: c.epochs[i], head });
-    });
+    c.trainSizes.forEach((trainSize, i) => plan.push({ seed, seedIndex, trainSize, epochs: c.epochs[i], head: DEFAULT_HEAD }));
+  });
+  const ai = c.trainSizes.indexOf(c.ablationSize);
+  c.seeds.slice(0, c.ablationSeeds).forEach((seed, seedIndex) => {
+    for (const head of ABLATION_HEADS.slice(1)) plan.push({ seed, seedIndex, trainSize: c.ablationSize, epochs: c.epochs[ai], head });
   });
   return plan;
 }
@@ -611,83 +616,100 @@ export async function runStudy(config: StudyConfig, io: RunStudyIO = {}): Promis
     };
   };
 
-  let pairIndex = 0;
-  for (const seed of config.seeds) {
-    const seedPlan = plan.filter((p) => p.seed === seed);
+  // Data of the current seed (the plan visits each seed's pairs together, the ablation after).
+  let current: { seed: number; ds: DemoData['ds']; val: SplitTensors['val']; test: SplitTensors['test'] } | null = null;
+  const releaseData = () => {
+    if (current) tf.dispose([current.val.x, current.val.y, current.test.x, current.test.y]);
+    current = null;
+  };
+  const dataFor = (seed: number) => {
+    if (current && current.seed === seed) return current;
+    releaseData();
     const data = makeDemoData({ ...config, seed, trainSize: maxSize, dataDir: null });
     const { ds } = data;
-    ds.stats.test.classFrequency.forEach((f, c) => (freqSum[c] += f));
-    freqN++;
+    if (!seenSeeds.has(seed)) {
+      seenSeeds.add(seed);
+      ds.stats.test.classFrequency.forEach((f, c) => (freqSum[c] += f));
+      freqN++;
+    }
     dataInfo ??= { task: data.taskText, source: data.sourceText, imageSize: ds.imageSize, classes: ds.classes, testClassFrequency: [] };
     const S = ds.imageSize;
-    const val = { x: tf.tensor4d(ds.val.images, [ds.val.count, S, S, 1]), y: tf.tensor2d(ds.val.labels, [ds.val.count, ds.classes]), labels: { data: ds.val.labels, shape: [ds.val.count, ds.classes] as [number, number] } };
-    const test = { x: tf.tensor4d(ds.test.images, [ds.test.count, S, S, 1]), y: tf.tensor2d(ds.test.labels, [ds.test.count, ds.classes]), labels: { data: ds.test.labels, shape: [ds.test.count, ds.classes] as [number, number] } };
-    try {
-      for (const p of seedPlan) {
-        pairIndex++;
-        // The first n training images (a smaller split is a prefix of a larger one).
-        const n = p.trainSize;
-        const trainImages = ds.train.images.subarray(0, n * S * S);
-        const trainLabels = ds.train.labels.subarray(0, n * ds.classes);
-        const tensors: SplitTensors = {
-          classes: ds.classes,
-          train: { x: tf.tensor4d(trainImages, [n, S, S, 1]), y: tf.tensor2d(trainLabels, [n, ds.classes]), labels: { data: trainLabels, shape: [n, ds.classes] } },
-          val,
-          test,
-        };
-        const model = buildDemoModel({ imageSize: S, numClasses: ds.classes, mode: p.head.mode, covariance: p.head.covariance, seed });
-        const hn = headName(p.head);
-        models[hn] ??= { description: modelDescription(p.head), parameters: countParameters(model) };
-        const initial = model.getWeights().map((w) => w.clone());
-        try {
-          for (const mode of ['kmcl', 'asl'] as const) {
-            const perStep = stepsDone > 0 ? stepMsDone / stepsDone : Number.NaN;
-            note(
-              `[${pairIndex}/${plan.length}] seed ${seed}, ${n} training images, head ${hn}, ${RUN_LABELS[mode]} — ` +
-                `study ETA ${formatDuration((totalSteps - stepsDone) * perStep)}`,
-            );
-            const t0 = performance.now();
-            let firstStepAsl = Number.NaN;
-            const r = await trainAndEvaluate(model, initial, mode, { ...config, seed, epochs: p.epochs }, tensors, {
-              progressMode,
-              stream: stderr,
-              onStep: (s) => {
-                if (s.epoch === 0 && s.step === 0) firstStepAsl = s.asl;
-              },
-            });
-            const seconds = (performance.now() - t0) / 1000;
-            stepsDone += r.steps;
-            stepMsDone += seconds * 1000;
-            runs.push({
-              seed,
-              trainSize: n,
-              mode,
-              head: hn,
-              epochs: p.epochs,
-              steps: r.steps,
-              metrics: { mAP: 100 * r.test.mAP, CF1: 100 * r.test.CF1, OF1: 100 * r.test.OF1 },
-              perClassAP: r.test.perClassAP.map((v) => (v === null ? null : 100 * v)),
-              seconds,
-              trainMs: r.times.trainMs,
-              lossMs: r.times.lossMs,
-              firstStepAsl,
-            });
-          }
-        } finally {
-          tf.dispose([tensors.train.x, tensors.train.y, ...initial]);
-          model.dispose();
+    const K = ds.classes;
+    const split = (sp: typeof ds.val) => ({ x: tf.tensor4d(sp.images, [sp.count, S, S, 1]), y: tf.tensor2d(sp.labels, [sp.count, K]), labels: { data: sp.labels, shape: [sp.count, K] as [number, number] } });
+    current = { seed, ds, val: split(ds.val), test: split(ds.test) };
+    return current;
+  };
+  const seenSeeds = new Set<number>();
+
+  try {
+    for (const [pairIndex0, p] of plan.entries()) {
+      const pairIndex = pairIndex0 + 1;
+      const { seed } = p;
+      const { ds, val, test } = dataFor(seed);
+      const S = ds.imageSize;
+      // The first n training images (a smaller split is a prefix of a larger one).
+      const n = p.trainSize;
+      const trainImages = ds.train.images.subarray(0, n * S * S);
+      const trainLabels = ds.train.labels.subarray(0, n * ds.classes);
+      const tensors: SplitTensors = {
+        classes: ds.classes,
+        train: { x: tf.tensor4d(trainImages, [n, S, S, 1]), y: tf.tensor2d(trainLabels, [n, ds.classes]), labels: { data: trainLabels, shape: [n, ds.classes] } },
+        val,
+        test,
+      };
+      const model = buildDemoModel({ imageSize: S, numClasses: ds.classes, mode: p.head.mode, covariance: p.head.covariance, seed });
+      const hn = headName(p.head);
+      models[hn] ??= { description: modelDescription(p.head), parameters: countParameters(model) };
+      const initial = model.getWeights().map((w) => w.clone());
+      try {
+        for (const mode of ['kmcl', 'asl'] as const) {
+          const perStep = stepsDone > 0 ? stepMsDone / stepsDone : Number.NaN;
+          note(
+            `[${pairIndex}/${plan.length}] seed ${seed}, ${n} training images, head ${hn}, ${RUN_LABELS[mode]} — ` +
+              `study ETA ${formatDuration((totalSteps - stepsDone) * perStep)}`,
+          );
+          const t0 = performance.now();
+          let firstStepAsl = Number.NaN;
+          const r = await trainAndEvaluate(model, initial, mode, { ...config, seed, epochs: p.epochs }, tensors, {
+            progressMode,
+            stream: stderr,
+            onStep: (s) => {
+              if (s.epoch === 0 && s.step === 0) firstStepAsl = s.asl;
+            },
+          });
+          const seconds = (performance.now() - t0) / 1000;
+          stepsDone += r.steps;
+          stepMsDone += seconds * 1000;
+          runs.push({
+            seed,
+            trainSize: n,
+            mode,
+            head: hn,
+            epochs: p.epochs,
+            steps: r.steps,
+            metrics: { mAP: 100 * r.test.mAP, CF1: 100 * r.test.CF1, OF1: 100 * r.test.OF1 },
+            perClassAP: r.test.perClassAP.map((v) => (v === null ? null : 100 * v)),
+            seconds,
+            trainMs: r.times.trainMs,
+            lossMs: r.times.lossMs,
+            firstStepAsl,
+          });
         }
-        const [k, a] = runs.slice(-2);
-        say(
-          `seed ${seed}, ${n} images, ${hn}: mAP KMCL ${k.metrics.mAP.toFixed(2)} / ASL-only ${a.metrics.mAP.toFixed(2)} ` +
-            `(Δ ${(k.metrics.mAP - a.metrics.mAP >= 0 ? '+' : '−')}${Math.abs(k.metrics.mAP - a.metrics.mAP).toFixed(2)})`,
-        );
-        if (dataInfo) dataInfo.testClassFrequency = freqSum.map((f) => f / freqN);
-        await writeStudyOutputs(buildReport(false), config.out, { plot: false });
+      } finally {
+        tf.dispose([tensors.train.x, tensors.train.y, ...initial]);
+        model.dispose();
       }
-    } finally {
-      tf.dispose([val.x, val.y, test.x, test.y]);
+      const [k, a] = runs.slice(-2);
+      say(
+        `seed ${seed}, ${n} images, ${hn}: mAP KMCL ${k.metrics.mAP.toFixed(2)} / ASL-only ${a.metrics.mAP.toFixed(2)} ` +
+          `(Δ ${(k.metrics.mAP - a.metrics.mAP >= 0 ? '+' : '−')}${Math.abs(k.metrics.mAP - a.metrics.mAP).toFixed(2)})`,
+      );
+      const info = dataInfo as StudyReport['data'] | null; // set in dataFor()
+      if (info) info.testClassFrequency = freqSum.map((f) => f / freqN);
+      await writeStudyOutputs(buildReport(false), config.out, { plot: false });
     }
+  } finally {
+    releaseData();
   }
   const report = buildReport(true);
   const paths = await writeStudyOutputs(report, config.out, { plot: true });
