@@ -392,7 +392,7 @@ export function summaryMarkdown(report: DemoReport): string {
     `- date: ${report.createdAt}`,
     `- machine: ${env.cpuModel}, ${env.cpuCores} cores, load average ${env.loadAverage.map((v) => v.toFixed(2)).join(' / ')} at the start, ${env.loadAverageAtEnd.map((v) => v.toFixed(2)).join(' / ')} at the end; Node ${env.node}`,
     `- tfjs ${env.tfjsVersion} backend \`${env.tfjsBackend}\`; kmcl loss: ${env.kmclPath === 'fused' ? 'fused native kernel' : `plain-tfjs composite (${env.fallbackReason})`}, device ${env.resolvedDevice} (${env.cpuThreads} threads)`,
-    `- data: ${report.data.source}, ${report.data.sizes.train} / ${report.data.sizes.val} / ${report.data.sizes.test} images (train / val / test) of ${report.data.imageSize}×${report.data.imageSize}`,
+    `- data: ${report.data.task ? `${report.data.task} of the ` : ''}${report.data.source}, ${report.data.sizes.train} / ${report.data.sizes.val} / ${report.data.sizes.test} images (train / val / test) of ${report.data.imageSize}×${report.data.imageSize}`,
     `- model: ${report.model.description}; ${report.model.parameters.toLocaleString('en-US')} parameters`,
     `- training: ${String(c.epochs)} epochs, batch ${String(c.batchSize)}, peak learning rate ${String(c.learningRate)} (OneCycle), τ = ${String(c.temperature)}, seed ${String(c.seed)}`,
     `- wall time: ${seconds(report.wallMs)} s`,

@@ -152,7 +152,7 @@ package; by default the 3×3 grid task with distractors) with the fused KMCL los
 split (mAP, CF1, OF1 and top-3, per-class AP, time split). Writes report.json, plot.svg and
 summary.md to the output folder.
 
-  --quick                 small preset, under a minute (${QUICK_OVERRIDES.trainSize} training images, ${QUICK_OVERRIDES.epochs} epochs)
+  --quick                 small preset (${QUICK_OVERRIDES.trainSize} training images, ${QUICK_OVERRIDES.epochs} epochs)
   --epochs N              training epochs of each run (default ${DEFAULT_CONFIG.epochs}; quick ${QUICK_OVERRIDES.epochs})
   --batch-size N          batch size, ≥ 2 (default ${DEFAULT_CONFIG.batchSize})
   --learning-rate X       peak OneCycle learning rate (default ${DEFAULT_CONFIG.learningRate})
