@@ -140,7 +140,7 @@ export function studyPlotSpec(report: Pick<StudyReport, 'comparisons' | 'config'
     { comparison: comparisonLabel(c), metric: c.metric, kind: 'mean', delta: c.meanDelta, lo: c.ci95[0], hi: c.ci95[1] },
   ]);
   const order = [...new Set(report.comparisons.map(comparisonLabel))];
-  const y = { field: 'comparison', type: 'nominal', title: null, sort: order } as const;
+  const y = { field: 'comparison', type: 'nominal', title: null, sort: order, axis: { labelLimit: 400 } } as const;
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title: {
