@@ -7,7 +7,7 @@
  * parameters). Labels are independent Bernoulli draws with rate positives / K, so each sample has
  * `positives` positive labels on average (3 in every benchmark here).
  */
-import { mulberry32 } from '../src/demo/random.js';
+import { mulberry32 } from '../dev/seeded-random.js';
 import type { KmclProblem } from '../src/raw.js';
 
 /** Batch sizes of the suites (issue 5). */

@@ -8,10 +8,10 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { backendInfo } from '../src/native.js';
-import { registerWasmConvGradients } from '../src/demo/model.js';
-import { EpochProgress, formatDuration, type ProgressStream } from '../src/demo/progress.js';
-import type { DemoReport } from '../src/demo/report.js';
-import { DEFAULT_CONFIG, DemoArgsError, QUICK_OVERRIDES, demoConfig, parseDemoArgs, runDemo } from '../src/demo/run.js';
+import { registerWasmConvGradients } from '../apps/demo/model.js';
+import { EpochProgress, formatDuration, type ProgressStream } from '../apps/demo/progress.js';
+import type { DemoReport } from '../apps/demo/report.js';
+import { DEFAULT_CONFIG, DemoArgsError, QUICK_OVERRIDES, demoConfig, parseDemoArgs, runDemo } from '../apps/demo/run.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const tmp = mkdtempSync(join(tmpdir(), 'kmcl-demo-test-'));
@@ -52,6 +52,11 @@ describe('parseDemoArgs', () => {
     const scaled = parseDemoArgs(['--data-size', '0.5', '--test-size', '7']).config;
     expect([scaled.trainSize, scaled.valSize, scaled.testSize]).toEqual([DEFAULT_CONFIG.trainSize / 2, DEFAULT_CONFIG.valSize / 2, 7]);
     expect(parseDemoArgs(['--data-dir', root]).config.dataDir).toBe(root);
+    // The task: the grid task by default, the 2×2 one with --task easy; the grid's difficulty.
+    expect(DEFAULT_CONFIG.task).toBe('grid');
+    expect(parseDemoArgs(['--task', 'easy', '--difficulty', '0.5']).config).toMatchObject({ task: 'easy', difficulty: 0.5 });
+    expect(argsError(['--task', 'hard']).message).toBe("--task: must be one of grid, easy, got 'hard'");
+    expect(argsError(['--difficulty', '2.5']).message).toBe('--difficulty: must be a number in [0, 2], got 2.5');
   });
 
   it('rejects bad flags with an error naming the flag (exit code 2)', () => {
@@ -82,11 +87,11 @@ describe('parseDemoArgs', () => {
 
   it('the entry point exits 2 with the message on stderr, and 0 for --help', () => {
     const tsx = join(root, 'node_modules', '.bin', 'tsx');
-    const bad = spawnSync(tsx, ['src/demo/main.ts', '--mode', 'round'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+    const bad = spawnSync(tsx, ['apps/demo/main.ts', '--mode', 'round'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain("kmcl demo: --mode: must be one of isotropic, anisotropic, got 'round'");
     expect(bad.stdout).toBe('');
-    const help = spawnSync(tsx, ['src/demo/main.ts', '--help'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+    const help = spawnSync(tsx, ['apps/demo/main.ts', '--help'], { cwd: root, encoding: 'utf8', timeout: 60_000 });
     expect(help.status).toBe(0);
     expect(help.stdout).toMatch(/--batch-size N/);
   });
@@ -214,7 +219,16 @@ describe('runDemo', () => {
     const svg = readFileSync(paths.plot, 'utf8');
     expect(svg.startsWith('<svg')).toBe(true);
     expect(svg.trimEnd().endsWith('</svg>')).toBe(true);
-    for (const title of ['Training loss', 'ASL term', 'Validation mAP', 'KMCL', 'ASL-only']) expect(svg).toContain(title);
+    for (const title of ['Training loss', 'ASL term', 'Validation mAP', 'KMCL', 'ASL-only', 'Validation mAP difference KMCL − ASL-only', 'Test split (EMA weights)']) {
+      expect(svg).toContain(title);
+    }
+    // The test-metrics panel labels each metric with both values and their difference.
+    const k = report.runs.kmcl.test;
+    const a = report.runs.asl.test;
+    const d = 100 * (k.mAP - a.mAP);
+    expect(svg).toContain(`${(100 * k.mAP).toFixed(2)} vs ${(100 * a.mAP).toFixed(2)} (${d >= 0 ? '+' : '−'}${Math.abs(d).toFixed(2)})`);
+    expect(file.data.imageSize).toBe(30); // the grid task
+    expect(file.data.task).toMatch(/3×3 grid/);
     const summary = readFileSync(paths.summary, 'utf8');
     expect(summary).toContain('| mAP |');
     expect(summary).toContain('npm run demo -- --tiny');
@@ -233,6 +247,14 @@ describe('runDemo', () => {
     expect(second.report.runs.kmcl.test).toEqual(first.report.runs.kmcl.test);
     expect(second.report.runs.asl.epochs.map((e) => e.loss)).toEqual(first.report.runs.asl.epochs.map((e) => e.loss));
     await expect(runDemo({ ...config, epochs: 0 })).rejects.toThrow(/config\.epochs must be an integer ≥ 1/);
+  });
+
+  it('--task easy runs the 2×2 composites (28×28)', async () => {
+    const config = demoConfig({ task: 'easy', epochs: 1, batchSize: 16, trainSize: 32, valSize: 20, testSize: 40, out: join(tmp, 'easy'), json: true });
+    const { report } = await runDemo(config, { stdout: sink(), stderr: sink() });
+    expect(report.data.imageSize).toBe(28);
+    expect(report.data.task).toMatch(/2×2 composites/);
+    expect(Number.isFinite(report.runs.asl.test.mAP)).toBe(true);
   });
 
   it('--data-dir: draws the cells from an IDX folder (here a synthetic Fashion-MNIST-named one)', async () => {

@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProblemFile } from '../src/fixture.js';
 import type { KmclProblem } from '../src/raw.js';
-import { mulberry32 } from '../src/demo/random.js';
+import { mulberry32 } from '../dev/seeded-random.js';
 
 export const FIXTURES_DIR = join(dirname(fileURLToPath(import.meta.url)), 'fixtures');
 

@@ -14,8 +14,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 
-import { buildKmclModel, type KmmCovariance, type KmmMode } from '../tfjs/index.js';
-import { mulberry32, mixSeed } from './random.js';
+import { buildKmclModel, type KmmCovariance, type KmmMode } from 'kmcl/tfjs';
+import { mulberry32, mixSeed } from '../../dev/seeded-random.js';
 
 /** Configuration of {@link buildDemoModel}. */
 export interface DemoModelConfig {

@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 
-import type { PrecisionRecallF1 } from '../metrics.js';
+import type { PrecisionRecallF1 } from 'kmcl/tfjs';
 
 /** The two runs of the demo. */
 export type RunName = 'kmcl' | 'asl';
@@ -114,6 +114,8 @@ export interface DemoReport {
   };
   data: {
     source: string;
+    /** What the images are (task, grid, difficulty). */
+    task: string;
     classes: number;
     classNames: string[];
     imageSize: number;
@@ -164,12 +166,22 @@ export function binCurve(
 // ---------------------------------------------------------------------------------------------
 // The plot
 
+/** The test metrics the plot shows. */
+const TEST_METRICS: readonly (readonly [string, (t: TestMetrics) => number])[] = [
+  ['mAP', (t) => t.mAP],
+  ['CF1', (t) => t.CF1],
+  ['OF1', (t) => t.OF1],
+  ['CF1 top-3', (t) => t.top3.CF1],
+  ['OF1 top-3', (t) => t.top3.OF1],
+];
+
 const RUN_COLORS = { domain: [RUN_LABELS.kmcl, RUN_LABELS.asl], range: ['#d62728', '#1f77b4'] };
 
 /**
- * The vega-lite spec of the plot: four panels — the minimised total loss of both runs, their
- * ASL term, the KMCL run's reconstruction and contrastive terms, and the validation mAP per
- * epoch of both runs.
+ * The vega-lite spec of the plot: six panels — the minimised total loss of both runs, their
+ * ASL term, the KMCL run's reconstruction and contrastive terms, the validation mAP per epoch of
+ * both runs, its difference KMCL − ASL-only per epoch (a 0.2-point gap is invisible on the mAP
+ * axis), and the test metrics of both runs with their difference.
  */
 export function plotSpec(report: Pick<DemoReport, 'runs' | 'config'>): TopLevelSpec {
   const runs = [report.runs.kmcl, report.runs.asl];
@@ -179,6 +191,17 @@ export function plotSpec(report: Pick<DemoReport, 'runs' | 'config'>): TopLevelS
     { term: 'contrastive', epoch: p.epoch, value: p.contrastive },
   ]);
   const val = runs.flatMap((r) => r.epochs.filter((e) => e.valMAP !== null).map((e) => ({ run: r.label, epoch: e.epoch, mAP: 100 * (e.valMAP as number) })));
+  // Δ validation mAP per epoch (KMCL − ASL-only, points): visible even when both curves overlap.
+  const valDelta = report.runs.kmcl.epochs.flatMap((e, i) => {
+    const b = report.runs.asl.epochs[i];
+    return e.valMAP !== null && b && b.valMAP !== null ? [{ epoch: e.epoch, delta: 100 * (e.valMAP - b.valMAP) }] : [];
+  });
+  const testRows = TEST_METRICS.map(([name, get]) => {
+    const k = 100 * get(report.runs.kmcl.test);
+    const a = 100 * get(report.runs.asl.test);
+    const d = k - a;
+    return { metric: name, delta: d, label: `${k.toFixed(2)} vs ${a.toFixed(2)} (${d >= 0 ? '+' : '−'}${Math.abs(d).toFixed(2)})` };
+  });
   const width = 330;
   const height = 200;
   const color = { field: 'run', type: 'nominal', title: 'run', scale: RUN_COLORS } as const;
@@ -235,6 +258,45 @@ export function plotSpec(report: Pick<DemoReport, 'runs' | 'config'>): TopLevelS
           y: { field: 'mAP', type: 'quantitative', title: 'mAP (%)', scale: { zero: false } },
           color,
         },
+      },
+      {
+        title: 'Validation mAP difference KMCL − ASL-only (points)',
+        width,
+        height,
+        layer: [
+          { data: { values: [{ zero: 0 }] }, mark: { type: 'rule', color: '#7f7f7f', strokeDash: [4, 3] }, encoding: { y: { field: 'zero', type: 'quantitative' } } },
+          {
+            data: { values: valDelta },
+            mark: { type: 'line', point: { color: '#d62728' }, strokeWidth: 1.5, color: '#d62728' },
+            encoding: {
+              x: { field: 'epoch', type: 'quantitative', title: 'epoch', axis: { tickMinStep: 1 } },
+              y: { field: 'delta', type: 'quantitative', title: 'Δ mAP (points)' },
+            },
+          },
+        ],
+      },
+      {
+        title: 'Test split (EMA weights): KMCL vs ASL-only, % (Δ points)',
+        width,
+        height,
+        data: { values: testRows },
+        layer: [
+          {
+            mark: { type: 'bar', color: '#d62728', opacity: 0.7 },
+            encoding: {
+              y: { field: 'metric', type: 'nominal', title: null, sort: TEST_METRICS.map(([n]) => n) },
+              x: { field: 'delta', type: 'quantitative', title: 'KMCL − ASL-only (points)' },
+            },
+          },
+          {
+            mark: { type: 'text', align: 'left', dx: 4, fontSize: 10 },
+            encoding: {
+              y: { field: 'metric', type: 'nominal', sort: TEST_METRICS.map(([n]) => n) },
+              x: { datum: 0, type: 'quantitative' },
+              text: { field: 'label' },
+            },
+          },
+        ],
       },
     ],
   } as TopLevelSpec;
@@ -330,7 +392,7 @@ export function summaryMarkdown(report: DemoReport): string {
     `- date: ${report.createdAt}`,
     `- machine: ${env.cpuModel}, ${env.cpuCores} cores, load average ${env.loadAverage.map((v) => v.toFixed(2)).join(' / ')} at the start, ${env.loadAverageAtEnd.map((v) => v.toFixed(2)).join(' / ')} at the end; Node ${env.node}`,
     `- tfjs ${env.tfjsVersion} backend \`${env.tfjsBackend}\`; kmcl loss: ${env.kmclPath === 'fused' ? 'fused native kernel' : `plain-tfjs composite (${env.fallbackReason})`}, device ${env.resolvedDevice} (${env.cpuThreads} threads)`,
-    `- data: ${report.data.source}, ${report.data.sizes.train} / ${report.data.sizes.val} / ${report.data.sizes.test} images (train / val / test) of ${report.data.imageSize}×${report.data.imageSize}`,
+    `- data: ${report.data.task ? `${report.data.task} of the ` : ''}${report.data.source}, ${report.data.sizes.train} / ${report.data.sizes.val} / ${report.data.sizes.test} images (train / val / test) of ${report.data.imageSize}×${report.data.imageSize}`,
     `- model: ${report.model.description}; ${report.model.parameters.toLocaleString('en-US')} parameters`,
     `- training: ${String(c.epochs)} epochs, batch ${String(c.batchSize)}, peak learning rate ${String(c.learningRate)} (OneCycle), τ = ${String(c.temperature)}, seed ${String(c.seed)}`,
     `- wall time: ${seconds(report.wallMs)} s`,

@@ -3,7 +3,7 @@
  * parts, the epoch's ETA and the run's ETA; or, when the stream is not a TTY, one line per
  * epoch; or nothing (`--json`).
  */
-import type { StepInfo } from '../tfjs/index.js';
+import type { StepInfo } from 'kmcl/tfjs';
 
 /** 'bar': a redrawn bar (TTY); 'lines': one line per epoch; 'off': silent. */
 export type ProgressMode = 'bar' | 'lines' | 'off';

