@@ -375,6 +375,16 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
 
   if (int64_t(c.invVariance.size()) < sh.varianceSize()) c.invVariance.resize(sh.varianceSize());
   for (int64_t j = 0; j < sh.varianceSize(); ++j) c.invVariance[j] = T(1) / problem.variance[j];
+  // 1/v in double for the reconstruction term (the float path's own copy; the float64 path's is
+  // c.invVariance itself).
+  const double* ivD = nullptr;
+  if constexpr (kFloat) {
+    if (int64_t(ws.invVarD.size()) < sh.varianceSize()) ws.invVarD.resize(sh.varianceSize());
+    for (int64_t j = 0; j < sh.varianceSize(); ++j) ws.invVarD[j] = 1.0 / double(problem.variance[j]);
+    ivD = ws.invVarD.data();
+  } else {
+    ivD = c.invVariance.data();
+  }
   zeroed(c.bits, B * W);
   zeroed(c.labelCount, B);
   for (int64_t i = 0; i < B; ++i)
@@ -419,12 +429,18 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
       const T* mu = c.muRow(i, k);
       const int64_t ov = c.varOffset(i, k);
       const T* iv = c.invVariance.data() + ov;
-      T e = 0;
-      for (int64_t m = 0; m < M; ++m) {
-        const T d = z[m] - mu[D == 1 ? 0 : m];
-        e += d * d * iv[c.Dv == 1 ? 0 : m];
+      double e = 0;
+      if constexpr (kFloat) {
+        // double lanes, exact differences and a double 1/v: E can be large (underflowing
+        // kernels) and the softmax over classes reads differences of E.
+        e = sqDistScaled(z, mu, D != 1, ivD + ov, c.Dv != 1, M);
+      } else {
+        for (int64_t m = 0; m < M; ++m) {
+          const T d = z[m] - mu[D == 1 ? 0 : m];
+          e += d * d * iv[c.Dv == 1 ? 0 : m];
+        }
       }
-      u[k] = -0.5 * double(e);
+      u[k] = -0.5 * e;
       logp[k] = double(math::logSigmoid(a[k]));
     }
     // gE: ∂L/∂E_ik, gLogP: ∂L/∂log p_ik (both already divided by B and weighted).
@@ -493,13 +509,13 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
         if (gE[k] == 0) continue;
         const T* mu = c.muRow(i, k);
         const int64_t ov = c.varOffset(i, k);
-        const T* iv = c.invVariance.data() + ov;
+        const double* iv = ivD + ov;
         double* gmu = gMu.data() + (i * K + k) * D;
         double* gv = gVar.data() + ov;
         for (int64_t m = 0; m < M; ++m) {
           const int64_t mm = D == 1 ? 0 : m, vm = c.Dv == 1 ? 0 : m;
           const double d = double(z[m]) - double(mu[mm]);
-          const double ivm = double(iv[vm]);
+          const double ivm = iv[vm];
           const double dz = -gE[k] * d * ivm;  // ∂E/∂z = -(z - μ)/v
           gz[m] += dz;
           gmu[mm] -= dz;
