@@ -425,6 +425,14 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
     aslRow[i] = aslSum;
 
     // E_ik = -½ Σ_m (z_im - μ_ik,m)² / v_ik,m
+    // Isotropic on the float path: μ and v do not depend on m, so Σ_m (z_m − μ)² = V + M (z̄ − μ)²
+    // with z̄ and V = Σ_m (z_m − z̄)² computed once per sample (two passes, double): O(M + K).
+    double zbar = 0, zvar = 0;
+    if (kFloat && D == 1) {
+      for (int64_t m = 0; m < M; ++m) zbar += double(z[m]);
+      zbar /= double(M);
+      for (int64_t m = 0; m < M; ++m) zvar += (double(z[m]) - zbar) * (double(z[m]) - zbar);
+    }
     for (int64_t k = 0; k < K; ++k) {
       const T* mu = c.muRow(i, k);
       const int64_t ov = c.varOffset(i, k);
@@ -433,7 +441,12 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
       if constexpr (kFloat) {
         // double lanes, exact differences and a double 1/v: E can be large (underflowing
         // kernels) and the softmax over classes reads differences of E.
-        e = sqDistScaled(z, mu, D != 1, ivD + ov, c.Dv != 1, M);
+        if (D == 1) {
+          const double dm = zbar - double(mu[0]);
+          e = (zvar + double(M) * dm * dm) * ivD[ov];
+        } else {
+          e = sqDistScaled(z, mu, D != 1, ivD + ov, c.Dv != 1, M);
+        }
       } else {
         for (int64_t m = 0; m < M; ++m) {
           const T d = z[m] - mu[D == 1 ? 0 : m];
@@ -502,7 +515,28 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
         }
       }
     }
-    if (wantGrad && hasGrad) {
+    if (kFloat && wantGrad && hasGrad) {
+      double* gz = gFeatures.data() + i * M;
+      double A = 0, C = 0;  // isotropic: Σ_k gE_k/v_k and Σ_k gE_k μ_k/v_k
+      for (int64_t k = 0; k < K; ++k) {
+        gLogits[i * K + k] += gLogP[k] * double(math::sigmoid(-a[k]));  // ∂log p/∂a = 1 - p
+        if (gE[k] == 0) continue;
+        const T* mu = c.muRow(i, k);
+        const int64_t ov = c.varOffset(i, k);
+        if (D == 1) {
+          const double iv = ivD[ov], g = gE[k] * iv, dm = zbar - double(mu[0]);
+          A += g;
+          C += g * double(mu[0]);
+          gMu[i * K + k] += g * double(M) * dm;                              // −Σ_m ∂E/∂z
+          gVar[ov] += gE[k] * 0.5 * iv * iv * (zvar + double(M) * dm * dm);  // ½ Σ_m (z − μ)²/v²
+        } else {
+          if constexpr (kFloat)
+            reconGradRow(z, mu, ivD + ov, c.Dv != 1, gE[k], gz, gMu.data() + (i * K + k) * D, gVar.data() + ov, M);
+        }
+      }
+      if (D == 1)
+        for (int64_t m = 0; m < M; ++m) gz[m] += C - A * double(z[m]);  // Σ_k −gE_k (z_m − μ_k)/v_k
+    } else if (wantGrad && hasGrad) {
       double* gz = gFeatures.data() + i * M;
       for (int64_t k = 0; k < K; ++k) {
         gLogits[i * K + k] += gLogP[k] * double(math::sigmoid(-a[k]));  // ∂log p/∂a = 1 - p
@@ -703,6 +737,72 @@ LossParts computeFloat(const Problem<float>& p, const Options& o, const Gradient
   return computeWithWorkspace<float>(p, o, g, numThreads);
 }
 
+namespace {
+// Keeps a value alive without letting the compiler see through it.
+template <class V>
+inline void keep(V& v) {
+  asm volatile("" : "+m"(v));
+}
+
+template <class Fn>
+double nsPerElement(int64_t elements, const Fn& fn) {
+  double best = 1e300;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    const auto t1 = std::chrono::steady_clock::now();
+    best = std::min(best, std::chrono::duration<double, std::nano>(t1 - t0).count() / double(elements));
+  }
+  return best;
+}
+}  // namespace
+
+// Each op kind on data in L1 (2048 floats, or 8 independent register chains for the FMA), the
+// best of 5 repetitions: what the ALUs allow for that op, not what the kernels reach.
+CpuOpRates measureOpRates() {
+  CpuOpRates r;
+  r.lanes = kW;
+  constexpr int64_t N = 2048, R = 2000;
+  std::vector<float> in(N), out(N);
+  std::vector<double> acc(N, 0.0);
+  for (int64_t j = 0; j < N; ++j) in[j] = 0.5f + float(j % 97) * 0.03125f;
+  {
+    vf a[8];
+    for (int j = 0; j < 8; ++j) a[j] = vbroadcast(1.0f + 0.001f * float(j));
+    const vf m = vbroadcast(0.999999f), c = vbroadcast(1e-7f);
+    r.fma = nsPerElement(R * 64 * 8 * kW, [&] {
+      for (int64_t t = 0; t < R * 64; ++t)
+        for (int j = 0; j < 8; ++j) a[j] = a[j] * m + c;
+      keep(a);
+    });
+  }
+  r.div = nsPerElement(R * N, [&] {
+    for (int64_t t = 0; t < R; ++t) {
+      for (int64_t j = 0; j < N; j += kW) vstore(out.data() + j, 1.0f / (vload(in.data() + j) + 1.0f));
+      keep(out[0]);
+    }
+  });
+  r.log1p = nsPerElement(R * N, [&] {
+    for (int64_t t = 0; t < R; ++t) {
+      for (int64_t j = 0; j < N; j += kW) vstore(out.data() + j, vlog1p(vload(in.data() + j)));
+      keep(out[0]);
+    }
+  });
+  r.exp = nsPerElement(R * N, [&] {
+    for (int64_t t = 0; t < R; ++t) {
+      for (int64_t j = 0; j < N; j += kW) vstore(out.data() + j, vexp(-vload(in.data() + j)));
+      keep(out[0]);
+    }
+  });
+  r.accum = nsPerElement(R * N, [&] {
+    for (int64_t t = 0; t < R; ++t) {
+      for (int64_t j = 0; j < N; j += kW) vstored(acc.data() + j, vloadd(acc.data() + j) + widen(vload(in.data() + j)));
+      keep(acc[0]);
+    }
+  });
+  return r;
+}
+
 #if defined(KMCL_ISA_BASELINE)
 LossParts computeDouble(const Problem<double>& p, const Options& o, const Gradients<double>* g, int numThreads) {
   return computeWithWorkspace<double>(p, o, g, numThreads);
@@ -884,6 +984,36 @@ CpuIsaInfo cpuIsaInfo() {
   for (const IsaEntry& e : kIsas)
     if (e.compiled) info.compiled.push_back(e.name);
   return info;
+}
+
+CpuOpRates measureCpuOpRates(const std::string& isa) {
+  for (const IsaEntry& e : kIsas) {
+    if (isa != e.name) continue;
+    if (!e.compiled || !cpuHas(e.isa)) {
+      throw std::invalid_argument("measureCpuOpRates: " + isa + " is not usable here; available: " + availableIsas());
+    }
+    CpuOpRates r;
+    switch (e.isa) {
+      case CpuIsa::Baseline:
+        r = isa_baseline::measureOpRates();
+        break;
+#if defined(KMCL_HAVE_AVX2)
+      case CpuIsa::Avx2:
+        r = isa_avx2::measureOpRates();
+        break;
+#endif
+#if defined(KMCL_HAVE_AVX512)
+      case CpuIsa::Avx512:
+        r = isa_avx512::measureOpRates();
+        break;
+#endif
+      default:
+        break;
+    }
+    r.isa = e.name;
+    return r;
+  }
+  throw std::invalid_argument("measureCpuOpRates: unknown instruction set \"" + isa + "\"");
 }
 
 template <class T>

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -28,11 +29,14 @@ namespace kmcl {
 namespace isa_baseline {
 LossParts computeFloat(const Problem<float>&, const Options&, const Gradients<float>*, int);
 LossParts computeDouble(const Problem<double>&, const Options&, const Gradients<double>*, int);
+CpuOpRates measureOpRates();
 }  // namespace isa_baseline
 namespace isa_avx2 {
 LossParts computeFloat(const Problem<float>&, const Options&, const Gradients<float>*, int);
+CpuOpRates measureOpRates();
 }
 namespace isa_avx512 {
 LossParts computeFloat(const Problem<float>&, const Options&, const Gradients<float>*, int);
+CpuOpRates measureOpRates();
 }
 }  // namespace kmcl

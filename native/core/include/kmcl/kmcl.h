@@ -94,6 +94,21 @@ struct CpuIsaInfo {
 };
 CpuIsaInfo cpuIsaInfo();
 
+// The roofline of the float32 CPU kernels (bench/native/cpu_bench.cpp): this machine's
+// throughput, on one thread, for the op kinds of the contrastive inner loops, with the kernels'
+// own vector code of the given instruction set, data in L1. Nanoseconds per float element.
+struct CpuOpRates {
+  std::string isa;
+  int lanes = 0;       // floats per vector
+  double fma = 0;      // a multiply-add (register operands)
+  double div = 0;      // a division (1/(a+b) in the kernels)
+  double log1p = 0;    // the kernels' vector log1p
+  double exp = 0;      // the kernels' vector exp
+  double accum = 0;    // adding a float into a double accumulator in memory (L1)
+};
+// Throws std::invalid_argument when the ISA is not compiled in or not supported by this CPU.
+CpuOpRates measureCpuOpRates(const std::string& isa);
+
 // CUDA path (float32 only). Availability is reported, never thrown: a build without CUDA, a
 // machine without a driver, or without a device gives usable = false and the reason.
 struct CudaInfo {
