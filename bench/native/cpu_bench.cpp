@@ -14,15 +14,17 @@
 // The roofline: kmcl::measureCpuOpRates gives, per ISA and on one thread, ns per float element
 // for an FMA, a division, the kernels' vector log1p and exp, and a double accumulation in L1.
 // The floor of a sweep is its element count times the op mix of its inner loop (counted from
-// native/core/src/cpu_simd.inc, below) priced at those rates, divided by the threads:
+// native/core/src/cpu_simd.inc, below) priced at those rates:
 //
 //   isotropic, per (anchor row, partner):   forward  1 div + 1 log1p + 2 exp + 14 fma-class
 //                                           gradient 1 div + 18 fma-class + 4 accumulations
 //   anisotropic, per (row, partner, dim):   forward  1 div + 1 log1p + 9 fma-class
 //                                           gradient 1 div + 14 fma-class + 4 accumulations
 //
-// "% floor" = floor / measured time of that part (the forward part includes ASL and
-// reconstruction, O(B·K·M), which the floor leaves out).
+// Floors are CPU time (the work of all threads at one thread's rates) and "% floor" = floor / the
+// measured process CPU time of that part (CLOCK_PROCESS_CPUTIME_ID: time other programs take on a
+// shared machine does not count); the forward part includes ASL and reconstruction, O(B·K·M),
+// which the floor leaves out. Wall-clock medians are reported next to it.
 
 #include <algorithm>
 #include <chrono>
@@ -30,6 +32,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <stdexcept>
 #include <string>
@@ -116,6 +119,14 @@ Data loadData(const std::string& dir) {
   return d;
 }
 
+// CPU time of the process (all threads): on a shared machine, time taken by other work does not
+// count; the roofline fractions use it.
+double cpuMsNow() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) * 1e-6;
+}
+
 double msSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -127,7 +138,7 @@ double median(std::vector<double> v) {
 }
 
 struct Timing {
-  double fwdBwdMs = NAN, fwdMs = NAN, loss = NAN;
+  double fwdBwdMs = NAN, fwdMs = NAN, fwdBwdCpuMs = NAN, fwdCpuMs = NAN, loss = NAN;
   int runs = 0;
 };
 
@@ -148,19 +159,25 @@ Timing timeIt(Data& d, int threads, int runs, double minMs) {
   Timing t;
   t.loss = kmcl::computeCpu<float>(p, o, &g, threads).loss;  // warm-up (and workspace growth)
   kmcl::computeCpu<float>(p, o, nullptr, threads);
-  std::vector<double> fb, f;
+  std::vector<double> fb, f, fbc, fc;
   const auto start = std::chrono::steady_clock::now();
   while (int(fb.size()) < runs || msSince(start) < minMs) {
     auto t0 = std::chrono::steady_clock::now();
+    double c0 = cpuMsNow();
     kmcl::computeCpu<float>(p, o, &g, threads);
     fb.push_back(msSince(t0));
+    fbc.push_back(cpuMsNow() - c0);
     t0 = std::chrono::steady_clock::now();
+    c0 = cpuMsNow();
     kmcl::computeCpu<float>(p, o, nullptr, threads);
     f.push_back(msSince(t0));
+    fc.push_back(cpuMsNow() - c0);
     if (fb.size() >= 2000) break;
   }
   t.fwdBwdMs = median(fb);
   t.fwdMs = median(f);
+  t.fwdBwdCpuMs = median(fbc);
+  t.fwdCpuMs = median(fc);
   t.runs = int(fb.size());
   return t;
 }
@@ -267,8 +284,8 @@ int main(int argc, char** argv) {
 
   std::string json = "{\"threads\": " + std::to_string(threads) + ", \"rows\": [";
   bool firstRow = true;
-  std::printf("\n| layout | B | K | M | ISA | fwd+bwd ms | fwd ms | grad ms | ns/elem fwd+bwd | fwd %% floor | grad %% floor | runs | loss |\n");
-  std::printf("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  std::printf("\n| layout | B | K | M | ISA | fwd+bwd ms | fwd ms | grad ms | CPU ms fwd+bwd | ns/elem (CPU) | fwd %% floor | grad %% floor | runs | loss |\n");
+  std::printf("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   for (Data& d : problems) {
     const bool iso = d.shape.muDim == 1;
     const double rows = double(anchorRows(d));
@@ -280,23 +297,25 @@ int main(int argc, char** argv) {
       const kmcl::CpuOpRates& q = rates[r];
       const double fwdFloorNs = iso ? q.div + q.log1p + 2 * q.exp + 14 * q.fma : q.div + q.log1p + 9 * q.fma;
       const double gradFloorNs = iso ? q.div + 18 * q.fma + 4 * q.accum : q.div + 14 * q.fma + 4 * q.accum;
-      const double fwdFloorMs = elems * fwdFloorNs * 1e-6 / threads;
-      const double gradFloorMs = elems * gradFloorNs * 1e-6 / threads;
+      // Floors in CPU time (one thread's rates, all threads' work), compared with CPU time.
+      const double fwdFloorMs = elems * fwdFloorNs * 1e-6;
+      const double gradFloorMs = elems * gradFloorNs * 1e-6;
       const double gradMs = t.fwdBwdMs - t.fwdMs;
-      const double nsPer = t.fwdBwdMs * 1e6 / elems;
-      std::printf("| %s | %ld | %ld | %ld | %s | %.3f | %.3f | %.3f | %.3f | %.0f%% | %.0f%% | %d | %.7g |\n", layout(d.shape).c_str(),
-                  long(d.shape.batch), long(d.shape.classes), long(d.shape.dim), isas[r].c_str(), t.fwdBwdMs, t.fwdMs, gradMs, nsPer,
-                  100 * fwdFloorMs / t.fwdMs, 100 * gradFloorMs / gradMs, t.runs, t.loss);
+      const double gradCpuMs = t.fwdBwdCpuMs - t.fwdCpuMs;
+      const double nsPer = t.fwdBwdCpuMs * 1e6 / elems;
+      std::printf("| %s | %ld | %ld | %ld | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f%% | %.0f%% | %d | %.7g |\n", layout(d.shape).c_str(),
+                  long(d.shape.batch), long(d.shape.classes), long(d.shape.dim), isas[r].c_str(), t.fwdBwdMs, t.fwdMs, gradMs,
+                  t.fwdBwdCpuMs, nsPer, 100 * fwdFloorMs / t.fwdCpuMs, 100 * gradFloorMs / gradCpuMs, t.runs, t.loss);
       std::fflush(stdout);
       char buf[1024];
       std::snprintf(buf, sizeof buf,
                     "%s{\"layout\": \"%s\", \"B\": %ld, \"K\": %ld, \"M\": %ld, \"D\": %ld, \"Kv\": %ld, \"Dv\": %ld, \"isa\": \"%s\", "
                     "\"fwdBwdMs\": %.6g, \"fwdMs\": %.6g, \"gradMs\": %.6g, \"anchorRows\": %.0f, \"pairs\": %.0f, \"elements\": %.0f, "
-                    "\"nsPerElement\": %.6g, \"fwdFloorMs\": %.6g, \"gradFloorMs\": %.6g, \"runs\": %d, \"loss\": %.9g, \"torchLoss\": %.9g, "
+                    "\"fwdBwdCpuMs\": %.6g, \"fwdCpuMs\": %.6g, \"nsPerElementCpu\": %.6g, \"fwdFloorCpuMs\": %.6g, \"gradFloorCpuMs\": %.6g, \"runs\": %d, \"loss\": %.9g, \"torchLoss\": %.9g, "
                     "\"source\": \"%s\"}",
                     firstRow ? "" : ", ", layout(d.shape).c_str(), long(d.shape.batch), long(d.shape.classes), long(d.shape.dim),
                     long(d.shape.muDim), long(d.shape.varianceClasses), long(d.shape.varianceDim), isas[r].c_str(), t.fwdBwdMs, t.fwdMs,
-                    gradMs, rows, pairs, elems, nsPer, fwdFloorMs, gradFloorMs, t.runs, t.loss, d.torchLoss, d.source.c_str());
+                    gradMs, rows, pairs, elems, t.fwdBwdCpuMs, t.fwdCpuMs, nsPer, fwdFloorMs, gradFloorMs, t.runs, t.loss, d.torchLoss, d.source.c_str());
       json += buf;
       firstRow = false;
     }
