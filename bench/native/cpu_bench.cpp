@@ -18,8 +18,10 @@
 //
 //   isotropic, per (anchor row, partner):   forward  1 div + 1 log1p + 2 exp + 14 fma-class
 //                                           gradient 1 div + 18 fma-class + 4 accumulations
-//   anisotropic, per (row, partner, dim):   forward  1 div + 1 log1p + 9 fma-class
-//                                           gradient 1 div + 14 fma-class + 4 accumulations
+//   anisotropic, per (row, partner, dim):   forward  1 div + 1/8 log + 12 fma-class (the log of
+//                                           a product of 8 vectors' factors, one per lane)
+//                                           gradient 1 div + 16 fma-class + 2 accumulations
+//                                           (row i's own sums are float over 16 partners)
 //
 // Floors are CPU time (the work of all threads at one thread's rates) and "% floor" = floor / the
 // measured process CPU time of that part (CLOCK_PROCESS_CPUTIME_ID: time other programs take on a
@@ -295,8 +297,8 @@ int main(int argc, char** argv) {
       if (setenv("KMCL_CPU_ISA", isas[r].c_str(), 1) != 0) return 2;
       const Timing t = timeIt(d, threads, runs, minMs);
       const kmcl::CpuOpRates& q = rates[r];
-      const double fwdFloorNs = iso ? q.div + q.log1p + 2 * q.exp + 14 * q.fma : q.div + q.log1p + 9 * q.fma;
-      const double gradFloorNs = iso ? q.div + 18 * q.fma + 4 * q.accum : q.div + 14 * q.fma + 4 * q.accum;
+      const double fwdFloorNs = iso ? q.div + q.log1p + 2 * q.exp + 14 * q.fma : q.div + q.log1p / 8 + 12 * q.fma;
+      const double gradFloorNs = iso ? q.div + 18 * q.fma + 4 * q.accum : q.div + 16 * q.fma + 2 * q.accum;
       // Floors in CPU time (one thread's rates, all threads' work), compared with CPU time.
       const double fwdFloorMs = elems * fwdFloorNs * 1e-6;
       const double gradFloorMs = elems * gradFloorNs * 1e-6;
