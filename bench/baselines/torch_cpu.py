@@ -8,7 +8,7 @@ For each problem (default: the issue's two targets, isotropic B=256 K=20 M=128 a
 B=128 K=20 M=64, per-class variance), seeded as compare_gpu.make_problem (bench/grid.ts's
 distribution): the inputs are written to DIR/<name>/ as raw float32, then, `--rounds` times in
 turn, (1) eager PyTorch fwd+bwd (torch_eager.kmcl_loss + torch.autograd.grad, float32,
-torch.set_num_threads(2)) in a fresh python process without and (2) with
+torch.set_num_threads(2), OMP_WAIT_POLICY=PASSIVE unless set) in a fresh python process without and (2) with
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages for malloc: the peer at its best),
 and (3) kmcl_cpu_bench --problem on the same files for every instruction set. Each reports its
 median; the table gives the median of the rounds, PyTorch's better setting as the peer, and the
@@ -80,6 +80,9 @@ def write_problem(out_dir: str, B: int, K: int, M: int, D: int) -> str:
 def run_torch(problem_dir: str, huge: bool, min_reps: int, min_ms: float) -> dict:
     env = dict(os.environ)
     env.pop('GLIBC_TUNABLES', None)
+    # Worker threads sleep instead of spinning when idle: on a shared machine, spinning OpenMP
+    # threads that get preempted make eager PyTorch many times slower than it is on a quiet one.
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     if huge:
         env['GLIBC_TUNABLES'] = 'glibc.malloc.hugetlb=1'
     r = subprocess.run([sys.executable, __file__, '--child', problem_dir, '--min-reps', str(min_reps), '--min-ms', str(min_ms)],
