@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { backendInfo, kmclLossRaw, kmclLossRawFloat64 } from '../src/index.js';
 import type { KmclRawResult } from '../src/raw.js';
@@ -79,4 +80,33 @@ describe('CPU instruction sets', () => {
       }
     });
   }
+
+  it('kmcl code in the addon uses AVX instructions only inside the avx2/avx512 kernels (so it runs on a baseline x86-64 CPU)', (ctx) => {
+    const path = info.native.path;
+    const probe = spawnSync('objdump', ['--version'], { encoding: 'utf8' });
+    if (process.arch !== 'x64' || !path || probe.status !== 0) {
+      ctx.skip();  // not x86-64, or no objdump (binutils) on this machine
+      return;
+    }
+    const dis = spawnSync('objdump', ['-d', '--no-show-raw-insn', '-C', path], { encoding: 'utf8', maxBuffer: 1 << 30 });
+    expect(dis.status, dis.stderr).toBe(0);
+    let fn = '';
+    const offenders = new Set<string>();
+    let vexInKernels = 0;
+    for (const line of dis.stdout.split('\n')) {
+      const head = /^[0-9a-f]+ <(.*)>:$/.exec(line);
+      if (head) {
+        fn = head[1];
+        continue;
+      }
+      // VEX/EVEX-encoded instructions (AVX and later) start with "v" (vmovaps, vfmadd…, vzeroupper).
+      if (/^\s+[0-9a-f]+:\t(v[a-z0-9]+)\s/.test(line)) {
+        if (/isa_avx2|isa_avx512/.test(fn)) vexInKernels++;
+        else if (/kmcl|Napi/.test(fn)) offenders.add(fn);  // our code (the CUDA runtime, when linked, is NVIDIA's)
+      }
+    }
+    expect([...offenders].slice(0, 5), 'functions outside the avx2/avx512 kernels with AVX instructions').toEqual([]);
+    expect(vexInKernels).toBeGreaterThan(1000);
+  }, 120_000);
 });
+

@@ -2,10 +2,15 @@
 // deterministic for any thread count. Per-element formulas come from kmcl/math.h, which the
 // CUDA path compiles too.
 //
+// Two implementations share the per-sample part (ASL, reconstruction): the float64 path is the
+// scalar reference (its contrastive sweeps below, over symmetric pairs with online sums); the
+// float32 path runs the vector sweeps of cpu_simd.inc, compiled per instruction set.
+//
 // Memory beyond inputs and outputs: double accumulators of the gradients (the size of the
-// inputs), per-(sample, class) statistics (online max and sum of e, Q, the loss terms, active
-// rows), per-sample label bitsets, and with a variance shared by all classes (Kv = 1) up to 16
-// per-group copies of its gradient (16·B·Dv): O(B·K·D + B·K). No B×B×K×M (nor B×B) buffer.
+// inputs), per-(sample, class) statistics (Q, the loss terms, active rows), per-sample label
+// bitsets; the float32 path adds class-major copies of mu and variance and their double gradient
+// accumulators, the float64 path up to 16 per-group copies of a shared variance's gradient:
+// O(B·K·D + B·K). No B×B×K×M (nor B×B) buffer. The arrays live in a workspace kept across calls.
 
 #include "cpu_includes.h"
 
