@@ -692,7 +692,9 @@ int main(int argc, char** argv) {
       for (const Data& d : fixtures)
         rep.run(prefix + "fixture/" + d.name, [&] { return compare(runCpu<float>(d, true), runCpu<double>(d, true), 1e-6, 1e-5); });
       for (const Spec& sp : specs) {
-        if (!sp.cpu || sp.generic || (quick && sp.big)) continue;
+        // The large problems (B = 1000) are left to the cpu32/random cases of the default ISA:
+        // their float64 reference takes seconds, once per ISA here would cost npm test time.
+        if (!sp.cpu || sp.generic || sp.big) continue;
         const std::string nm = prefix + "random/" + specName(sp);
         if (!rep.selected(nm)) continue;
         const Data d = makeRandom(sp);
