@@ -4,7 +4,7 @@
  * metrics are exported alongside.
  */
 export { DEFAULT_OPTIONS, resolveOptions, type KmclLossOptions, type KmclWeights, type ResolvedOptions } from './options.js';
-export { backendInfo, releaseDeviceMemory, type BackendInfo } from './native.js';
+export { backendInfo, releaseDeviceMemory, type BackendInfo, type CpuIsa } from './native.js';
 export {
   kmclLossRaw,
   kmclLossRawAsync,

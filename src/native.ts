@@ -44,7 +44,7 @@ export interface NativeAddon {
   compute(problem: NativeProblem, options: object, gradients: boolean, device: 'cpu' | 'cuda'): NativeResult;
   computeF64(problem: NativeProblem<Float64Array>, options: object, gradients: boolean, device: 'cpu'): NativeResult<Float64Array>;
   computeAsync(problem: NativeProblem, options: object, gradients: boolean, device: 'cpu' | 'cuda'): Promise<NativeResult>;
-  info(): { cpu: { threads: number; threadsError?: string }; cuda: NativeCudaInfo; napiVersion: number };
+  info(): { cpu: { threads: number; threadsError?: string; isa: CpuIsa; isaAvailable: CpuIsa[]; isaError?: string }; cuda: NativeCudaInfo; napiVersion: number };
   releaseDeviceMemory(): void;
 }
 
@@ -102,6 +102,9 @@ export function tryNativeAddon(): { addon?: NativeAddon; error?: Error } {
   return cached;
 }
 
+/** Instruction set of the CPU path's float32 kernels (KMCL_CPU_ISA forces one). */
+export type CpuIsa = 'baseline' | 'avx2' | 'avx512';
+
 export interface BackendInfo {
   /** Whether the native addon loaded, and from where. */
   native: { loaded: boolean; path?: string; error?: string };
@@ -110,7 +113,17 @@ export interface BackendInfo {
    * With an invalid KMCL_NUM_THREADS, `threads` is 0 and `threadsError` says why (CPU calls then
    * throw the same error).
    */
-  cpu: { compiled: boolean; threads: number; threadsError?: string };
+  cpu: {
+    compiled: boolean;
+    threads: number;
+    threadsError?: string;
+    /** Instruction set of the float32 kernels: the best this CPU supports, or KMCL_CPU_ISA. */
+    isa?: CpuIsa;
+    /** The instruction sets compiled in and supported by this CPU. */
+    isaAvailable?: CpuIsa[];
+    /** Why KMCL_CPU_ISA cannot be used (native calls then fail with this message). */
+    isaError?: string;
+  };
   /** The CUDA path: whether this build has it, whether a device is usable, and if not, why. */
   cuda: NativeCudaInfo;
   /** What `device: 'auto'` picks right now. */
@@ -131,7 +144,14 @@ export function backendInfo(): BackendInfo {
   const info = addon.info();
   return {
     native: { loaded: true, path: cached?.path },
-    cpu: info.cpu.threadsError ? { compiled: true, threads: 0, threadsError: info.cpu.threadsError } : { compiled: true, threads: info.cpu.threads },
+    cpu: {
+      compiled: true,
+      threads: info.cpu.threadsError ? 0 : info.cpu.threads,
+      ...(info.cpu.threadsError ? { threadsError: info.cpu.threadsError } : {}),
+      isa: info.cpu.isa,
+      isaAvailable: info.cpu.isaAvailable,
+      ...(info.cpu.isaError ? { isaError: info.cpu.isaError } : {}),
+    },
     cuda: info.cuda,
     defaultDevice: info.cuda.usable ? 'cuda' : 'cpu',
   };

@@ -554,6 +554,12 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   }
   cpu.Set("threads", threads);
   if (!threadsError.empty()) cpu.Set("threadsError", threadsError);
+  const kmcl::CpuIsaInfo isa = kmcl::cpuIsaInfo();  // the float32 path's instruction set
+  cpu.Set("isa", isa.selected);
+  Napi::Array isas = Napi::Array::New(env, isa.available.size());
+  for (size_t j = 0; j < isa.available.size(); ++j) isas.Set(uint32_t(j), isa.available[j]);
+  cpu.Set("isaAvailable", isas);
+  if (!isa.error.empty()) cpu.Set("isaError", isa.error);
   out.Set("cpu", cpu);
   const kmcl::CudaInfo c = kmcl::cudaInfo();
   Napi::Object cuda = Napi::Object::New(env);

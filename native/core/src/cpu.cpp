@@ -2,34 +2,31 @@
 // deterministic for any thread count. Per-element formulas come from kmcl/math.h, which the
 // CUDA path compiles too.
 //
+// Two implementations share the per-sample part (ASL, reconstruction): the float64 path is the
+// scalar reference (its contrastive sweeps below, over symmetric pairs with online sums); the
+// float32 path runs the vector sweeps of cpu_simd.inc, compiled per instruction set.
+//
 // Memory beyond inputs and outputs: double accumulators of the gradients (the size of the
-// inputs), per-(sample, class) statistics (online max and sum of e, Q, the loss terms, active
-// rows), per-sample label bitsets, and with a variance shared by all classes (Kv = 1) up to 16
-// per-group copies of its gradient (16·B·Dv): O(B·K·D + B·K). No B×B×K×M (nor B×B) buffer.
+// inputs), per-(sample, class) statistics (Q, the loss terms, active rows), per-sample label
+// bitsets; the float32 path adds class-major copies of mu and variance and their double gradient
+// accumulators, the float64 path up to 16 per-group copies of a shared variance's gradient:
+// O(B·K·D + B·K). No B×B×K×M (nor B×B) buffer. The arrays live in a workspace kept across calls.
 
-#include <algorithm>
-#include <cstdio>
-#include <cmath>
-#include <cstdlib>
-#include <limits>
-#include <stdexcept>
-#include <string>
-#include <thread>
-#include <vector>
+#include "cpu_includes.h"
 
-#include "kmcl/kmcl.h"
-#include "kmcl/math.h"
-#include "thread_pool.h"
+// This file is compiled once as the baseline (SSE2 on x86-64, NEON on arm64) and, on x86-64,
+// included again by cpu_avx2.cpp and cpu_avx512.cpp under `#pragma GCC target`: everything up to
+// the ISA-independent part at the end lives in namespace kmcl::KMCL_ISA_NS.
+#ifndef KMCL_ISA_NS
+#define KMCL_ISA_NS isa_baseline
+#define KMCL_ISA_BASELINE 1
+#define KMCL_W 4
+#endif
 
 namespace kmcl {
+namespace KMCL_ISA_NS {
 
 namespace {
-
-std::string str(double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.9g", v);
-  return buf;
-}
 
 int popcount64(uint64_t x) { return __builtin_popcountll(x); }
 
@@ -69,13 +66,15 @@ struct Context {
   const Problem<T>& p;
   const Options& o;
   int64_t B, K, M, D, Kv, Dv, W;
-  std::vector<T> invVariance;
-  std::vector<uint64_t> bits;      // labels, W words per sample
-  std::vector<int> labelCount;     // |y_i|
-  std::vector<int64_t> anchorSize; // |A(i)|
-  std::vector<uint8_t> active;     // B·K: row (i, k) is an anchor row
+  // Workspace arrays (kept across calls).
+  std::vector<T>& invVariance;
+  std::vector<uint64_t>& bits;      // labels, W words per sample
+  std::vector<int>& labelCount;     // |y_i|
+  std::vector<int64_t>& anchorSize; // |A(i)|
+  std::vector<uint8_t>& active;     // B·K: row (i, k) is an anchor row
 
-  Context(const Problem<T>& problem, const Options& options)
+  Context(const Problem<T>& problem, const Options& options, std::vector<T>& invVariance_, std::vector<uint64_t>& bits_,
+          std::vector<int>& labelCount_, std::vector<int64_t>& anchorSize_, std::vector<uint8_t>& active_)
       : p(problem),
         o(options),
         B(problem.shape.batch),
@@ -84,7 +83,12 @@ struct Context {
         D(problem.shape.muDim),
         Kv(problem.shape.varianceClasses),
         Dv(problem.shape.varianceDim),
-        W((problem.shape.classes + 63) / 64) {}
+        W((problem.shape.classes + 63) / 64),
+        invVariance(invVariance_),
+        bits(bits_),
+        labelCount(labelCount_),
+        anchorSize(anchorSize_),
+        active(active_) {}
 
   const T* muRow(int64_t i, int64_t k) const { return p.mu + (i * K + k) * D; }
   int64_t varOffset(int64_t i, int64_t k) const { return (i * Kv + (Kv == 1 ? 0 : k)) * Dv; }
@@ -185,112 +189,209 @@ struct Context {
   }
 };
 
-int envThreads() {
-  const char* s = std::getenv("KMCL_NUM_THREADS");
-  if (!s || !*s) return 0;
-  char* end = nullptr;
-  const long v = std::strtol(s, &end, 10);
-  if (*end != '\0' || v <= 0 || v > 1024) {
-    throw std::invalid_argument(std::string("KMCL_NUM_THREADS must be an integer from 1 to 1024, got \"") + s + "\"");
+#include "cpu_simd.inc"
+
+// The double accumulators and per-call arrays, kept across calls (item: no allocation in the
+// steady state): a call takes the shared workspace when it is free (calls from several threads
+// at once use a private one for the overlapping call). Vectors only grow.
+struct Workspace {
+  std::vector<double> gLogits, gFeatures, gMu, gVar, aslRow, recRow, conIK, Q, coef;
+  std::vector<float> invVarF;
+  std::vector<double> invVarD;
+  std::vector<uint64_t> bits;
+  std::vector<int> labelCount;
+  std::vector<int64_t> anchorSize, classStart;
+  std::vector<uint8_t> active;
+  std::vector<int32_t> classAnchors;
+  SimdData sd;
+};
+
+template <class V>
+void zeroed(V& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  std::fill(v.begin(), v.begin() + n, typename V::value_type{});
+}
+
+// Per-thread scratch of the per-sample pass (ASL and reconstruction), reused across calls.
+struct SampleScratch {
+  std::vector<double> u, logp, ee, gE, gLogP;
+  std::vector<uint8_t> clamped;
+  void ensure(int64_t K) {
+    if (int64_t(u.size()) < K) {
+      u.resize(K);
+      logp.resize(K);
+      ee.resize(K);
+      gE.resize(K);
+      gLogP.resize(K);
+      clamped.resize(K);
+    }
   }
-  return static_cast<int>(v);
+};
+
+// The contrastive term on the float32 path: the class-major copies of mu and variance, the
+// sweeps of cpu_simd.inc class by class (one task per class, anchors in order, so every sum has
+// a fixed order), then the gradients back into the [B, K, D] accumulators, sample by sample.
+template <class Ctx>
+double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, double invB, double invTau) {
+  const Problem<float>& p = c.p;
+  const Options& o = c.o;
+  const int64_t B = c.B, K = c.K, D = c.D, Dv = c.Dv;
+  SimdData& sd = ws.sd;
+  const bool iso = D == 1;
+  const bool vdim = !iso && Dv > 1;
+  sd.B = B;
+  sd.K = K;
+  sd.D = D;
+  sd.Bp = (B + kW - 1) / kW * kW;
+  sd.Dp = iso ? 1 : (D + kW - 1) / kW * kW;
+  sd.vdim = iso ? 1 : (vdim ? sd.Dp : 1);
+  const int64_t Bp = sd.Bp, Dp = sd.Dp, vd_ = sd.vdim;
+  const int64_t muN = iso ? K * Bp : K * B * Dp;
+  const int64_t varN = iso ? K * Bp : K * B * vd_;
+  if (int64_t(sd.mu.size()) < muN) sd.mu.resize(muN);
+  if (int64_t(sd.var.size()) < varN) {
+    sd.var.resize(varN);
+    sd.ivar.resize(varN);
+  }
+  const bool wantGradC = wantGrad && o.weightContrastive > 0;
+  if (wantGradC) {
+    zeroed(sd.gmu, muN);
+    zeroed(sd.gvar, varN);
+  }
+  ThreadPool::instance().run(threads, K, [&](int64_t k) {
+    if (iso) {
+      float* mu = sd.mu.data() + k * Bp;
+      float* v = sd.var.data() + k * Bp;
+      float* iv = sd.ivar.data() + k * Bp;
+      for (int64_t l = 0; l < B; ++l) {
+        const int64_t ov = c.varOffset(l, k);
+        mu[l] = p.mu[l * K + k];
+        v[l] = p.variance[ov];
+        iv[l] = c.invVariance[ov];
+      }
+      for (int64_t l = B; l < Bp; ++l) {
+        mu[l] = 0.0f;
+        v[l] = iv[l] = 1.0f;
+      }
+      return;
+    }
+    for (int64_t l = 0; l < B; ++l) {
+      float* mu = sd.mu.data() + (k * B + l) * Dp;
+      const float* src = c.muRow(l, k);
+      for (int64_t m = 0; m < D; ++m) mu[m] = src[m];
+      for (int64_t m = D; m < Dp; ++m) mu[m] = 0.0f;
+      float* v = sd.var.data() + (k * B + l) * vd_;
+      float* iv = sd.ivar.data() + (k * B + l) * vd_;
+      const int64_t ov = c.varOffset(l, k);
+      if (vdim) {
+        for (int64_t m = 0; m < D; ++m) {
+          v[m] = p.variance[ov + m];
+          iv[m] = c.invVariance[ov + m];
+        }
+        for (int64_t m = D; m < Dp; ++m) v[m] = iv[m] = 1.0f;
+      } else {
+        v[0] = p.variance[ov];
+        iv[0] = c.invVariance[ov];
+      }
+    }
+  });
+  zeroed(ws.conIK, B * K);
+  zeroed(ws.Q, B * K);
+  zeroed(ws.coef, B);
+  for (int64_t i = 0; i < B; ++i)
+    if (c.anchorSize[i] > 0) ws.coef[i] = -o.weightContrastive * invB * invTau / double(c.anchorSize[i]);
+  ClassArgs args0;
+  args0.s = float(o.distanceScale);
+  args0.invTau = float(invTau);
+  args0.logEps = o.logEps;
+  args0.wantGrad = wantGradC;
+  ThreadPool::instance().run(threads, K, [&](int64_t k) {
+    ClassArgs a = args0;
+    a.anchors = ws.classAnchors.data() + ws.classStart[k];
+    a.n = ws.classStart[k + 1] - ws.classStart[k];
+    if (a.n == 0) return;
+    if (iso) {
+      classSweeps<true, false>(k, c, sd, a, ws.conIK.data(), ws.Q.data(), ws.coef.data());
+    } else if (vdim) {
+      classSweeps<false, true>(k, c, sd, a, ws.conIK.data(), ws.Q.data(), ws.coef.data());
+    } else {
+      classSweeps<false, false>(k, c, sd, a, ws.conIK.data(), ws.Q.data(), ws.coef.data());
+    }
+  });
+  double contrastive = 0;
+  for (int64_t i = 0; i < B; ++i) {
+    if (c.anchorSize[i] == 0) continue;
+    double row = 0;
+    for (int64_t k = 0; k < K; ++k) row += ws.conIK[i * K + k];
+    contrastive += -row / double(c.anchorSize[i]);
+  }
+  contrastive *= invB;
+  if (wantGradC) {
+    double* gMu = ws.gMu.data();
+    double* gVar = ws.gVar.data();
+    forEachRow(threads, B, [&](int64_t l) {
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t ov = c.varOffset(l, k);
+        if (iso) {
+          gMu[l * K + k] += sd.gmu[k * Bp + l];
+          gVar[ov] += sd.gvar[k * Bp + l];
+          continue;
+        }
+        const double* gm = sd.gmu.data() + (k * B + l) * Dp;
+        double* out = gMu + (l * K + k) * D;
+        for (int64_t m = 0; m < D; ++m) out[m] += gm[m];
+        const double* gv = sd.gvar.data() + (k * B + l) * vd_;
+        for (int64_t m = 0; m < Dv; ++m) gVar[ov + m] += gv[m];
+      }
+    });
+  }
+  return contrastive;
 }
 
 }  // namespace
 
-int cpuThreadCount(int requested) {
-  if (requested > 0) return requested;
-  const int env = envThreads();
-  if (env > 0) return env;
-  const unsigned hw = std::thread::hardware_concurrency();
-  return hw == 0 ? 1 : static_cast<int>(hw);
-}
-
-void checkShapeAndOptions(const Shape& s, const Options& o) {
-  auto positive = [](const char* name, int64_t v) {
-    if (v <= 0) throw std::invalid_argument(std::string(name) + " must be a positive integer, got " + std::to_string(v));
-  };
-  positive("batch", s.batch);
-  positive("classes", s.classes);
-  positive("dim", s.dim);
-  if (s.muDim != 1 && s.muDim != s.dim) {
-    throw std::invalid_argument("muDim must be 1 or dim (" + std::to_string(s.dim) + "), got " + std::to_string(s.muDim));
-  }
-  if (s.varianceClasses != 1 && s.varianceClasses != s.classes) {
-    throw std::invalid_argument("varianceShape[0] must be 1 or classes (" + std::to_string(s.classes) + "), got " +
-                                std::to_string(s.varianceClasses));
-  }
-  if (s.varianceDim != 1 && s.varianceDim != s.muDim) {
-    throw std::invalid_argument("varianceShape[1] must be 1 or muDim (" + std::to_string(s.muDim) + "), got " +
-                                std::to_string(s.varianceDim));
-  }
-  auto finite = [](const char* name, double v) {
-    if (!std::isfinite(v)) throw std::invalid_argument(std::string("options.") + name + " must be finite, got " + str(v));
-  };
-  finite("temperature", o.temperature);
-  finite("gammaNeg", o.gammaNeg);
-  finite("gammaPos", o.gammaPos);
-  finite("clip", o.clip);
-  finite("eps", o.eps);
-  finite("logEps", o.logEps);
-  finite("distanceScale", o.distanceScale);
-  if (!(o.temperature > 0)) throw std::invalid_argument("options.temperature must be > 0, got " + str(o.temperature));
-  if (!(o.gammaNeg >= 0)) throw std::invalid_argument("options.gammaNeg must be >= 0, got " + str(o.gammaNeg));
-  if (!(o.gammaPos >= 0)) throw std::invalid_argument("options.gammaPos must be >= 0, got " + str(o.gammaPos));
-  if (!(o.clip >= 0 && o.clip < 1)) throw std::invalid_argument("options.clip must be in [0, 1), got " + str(o.clip));
-  if (!(o.eps > 0)) throw std::invalid_argument("options.eps must be > 0, got " + str(o.eps));
-  if (!(o.logEps > 0)) throw std::invalid_argument("options.logEps must be > 0, got " + str(o.logEps));
-  if (!(o.distanceScale > 0)) throw std::invalid_argument("options.distanceScale must be > 0, got " + str(o.distanceScale));
-  // Numeric domain (docs/kmcl-loss.md): where every path's loss and gradients are finite.
-  auto within = [](const char* name, double v, double lo, double hi) {
-    if (!(v >= lo && v <= hi)) throw std::invalid_argument(std::string("options.") + name + " must be in [" + str(lo) + ", " + str(hi) + "], got " + str(v));
-  };
-  within("temperature", o.temperature, 1e-4, 1e4);
-  within("gammaNeg", o.gammaNeg, 0, 100);
-  within("gammaPos", o.gammaPos, 0, 100);
-  within("eps", o.eps, 1e-30, 1);
-  if (!(o.eps < 1)) throw std::invalid_argument("options.eps must be < 1, got " + str(o.eps));
-  within("logEps", o.logEps, 1e-30, 1);
-  within("distanceScale", o.distanceScale, 1e-6, 1e6);
-  if (!o.detachFocalWeight && o.gammaNeg > 0 && o.gammaNeg < 0.25) {
-    throw std::invalid_argument("options.gammaNeg must be 0 or >= 0.25 when detachFocalWeight is false, got " + str(o.gammaNeg));
-  }
-  const double w[3] = {o.weightAsl, o.weightReconstruction, o.weightContrastive};
-  const char* wn[3] = {"options.weights.asl", "options.weights.reconstruction", "options.weights.contrastive"};
-  for (int j = 0; j < 3; ++j) {
-    if (!(std::isfinite(w[j]) && w[j] >= 0)) throw std::invalid_argument(std::string(wn[j]) + " must be a finite number >= 0, got " + str(w[j]));
-    if (!(w[j] <= 1e6)) throw std::invalid_argument(std::string(wn[j]) + " must be in [0, 1e+06], got " + str(w[j]));
-  }
-}
-
 template <class T>
-LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradients<T>* gradients, int numThreads) {
+LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradients<T>* gradients, int numThreads,
+                      Workspace& ws) {
   const Shape& sh = problem.shape;
-  checkShapeAndOptions(sh, o);
-  if (!problem.features || !problem.logits || !problem.labels || !problem.mu || !problem.variance) {
-    throw std::invalid_argument("computeCpu: an input pointer is null");
-  }
   // Small problems run on the calling thread: waking the pool costs more than the work. The
   // result is the same either way (the order of every sum is fixed by the schedule).
   const double pairWork = double(sh.batch) * double(sh.batch) * double(std::max<int64_t>(sh.muDim, 4));
   const int configured = cpuThreadCount(numThreads);  // also rejects a bad KMCL_NUM_THREADS
   const int threads = pairWork < 65536.0 ? 1 : configured;
   const bool wantGrad = gradients != nullptr;
-  Context<T> c(problem, o);
+  constexpr bool kFloat = std::is_same<T, float>::value;
+  std::vector<T>& invVar = *[&] {
+    if constexpr (kFloat) return &ws.invVarF; else return &ws.invVarD;
+  }();
+  Context<T> c(problem, o, invVar, ws.bits, ws.labelCount, ws.anchorSize, ws.active);
   const int64_t B = c.B, K = c.K, M = c.M, D = c.D, W = c.W;
 
-  std::vector<double> gLogits, gFeatures, gMu, gVar;
+  std::vector<double>& gLogits = ws.gLogits;
+  std::vector<double>& gFeatures = ws.gFeatures;
+  std::vector<double>& gMu = ws.gMu;
+  std::vector<double>& gVar = ws.gVar;
   if (wantGrad) {
-    gLogits.assign(sh.logitsSize(), 0.0);
-    gFeatures.assign(sh.featuresSize(), 0.0);
-    gMu.assign(sh.muSize(), 0.0);
-    gVar.assign(sh.varianceSize(), 0.0);
+    zeroed(gLogits, sh.logitsSize());
+    zeroed(gFeatures, sh.featuresSize());
+    zeroed(gMu, sh.muSize());
+    zeroed(gVar, sh.varianceSize());
   }
 
-  c.invVariance.resize(sh.varianceSize());
+  if (int64_t(c.invVariance.size()) < sh.varianceSize()) c.invVariance.resize(sh.varianceSize());
   for (int64_t j = 0; j < sh.varianceSize(); ++j) c.invVariance[j] = T(1) / problem.variance[j];
-  c.bits.assign(B * W, 0);
-  c.labelCount.assign(B, 0);
+  // 1/v in double for the reconstruction term (the float path's own copy; the float64 path's is
+  // c.invVariance itself).
+  const double* ivD = nullptr;
+  if constexpr (kFloat) {
+    if (int64_t(ws.invVarD.size()) < sh.varianceSize()) ws.invVarD.resize(sh.varianceSize());
+    for (int64_t j = 0; j < sh.varianceSize(); ++j) ws.invVarD[j] = 1.0 / double(problem.variance[j]);
+    ivD = ws.invVarD.data();
+  } else {
+    ivD = c.invVariance.data();
+  }
+  zeroed(c.bits, B * W);
+  zeroed(c.labelCount, B);
   for (int64_t i = 0; i < B; ++i)
     for (int64_t k = 0; k < K; ++k)
       if (problem.labels[i * K + k] != T(0)) {
@@ -299,14 +400,26 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
       }
 
   // ---- 1. ASL and 2. reconstruction: per sample, each row owned by one task. ----
-  std::vector<double> aslRow(B, 0.0), recRow(B, 0.0);
+  zeroed(ws.aslRow, B);
+  zeroed(ws.recRow, B);
+  double* aslRow = ws.aslRow.data();
+  double* recRow = ws.recRow.data();
   const math::AslParams<T> asl{T(o.gammaNeg), T(o.gammaPos), T(o.clip), T(o.eps), o.detachFocalWeight};
   const double logEps = std::log(o.eps);
   const double invB = 1.0 / double(B);
   forEachRow(threads, B, [&](int64_t i) {
     double aslSum = 0;
-    std::vector<double> u(K), logp(K), ee(K);
-    std::vector<uint8_t> clamped(K, 0);
+    thread_local SampleScratch scratch;
+    scratch.ensure(K);
+    double* u = scratch.u.data();
+    double* logp = scratch.logp.data();
+    double* ee = scratch.ee.data();
+    double* gE = scratch.gE.data();
+    double* gLogP = scratch.gLogP.data();
+    uint8_t* clamped = scratch.clamped.data();
+    std::fill(gE, gE + K, 0.0);
+    std::fill(gLogP, gLogP + K, 0.0);
+    std::fill(clamped, clamped + K, uint8_t(0));
     const T* a = problem.logits + i * K;
     const T* z = problem.features + i * M;
     for (int64_t k = 0; k < K; ++k) {
@@ -317,20 +430,38 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
     aslRow[i] = aslSum;
 
     // E_ik = -½ Σ_m (z_im - μ_ik,m)² / v_ik,m
+    // Isotropic on the float path: μ and v do not depend on m, so Σ_m (z_m − μ)² = V + M (z̄ − μ)²
+    // with z̄ and V = Σ_m (z_m − z̄)² computed once per sample (two passes, double): O(M + K).
+    double zbar = 0, zvar = 0;
+    if (kFloat && D == 1) {
+      for (int64_t m = 0; m < M; ++m) zbar += double(z[m]);
+      zbar /= double(M);
+      for (int64_t m = 0; m < M; ++m) zvar += (double(z[m]) - zbar) * (double(z[m]) - zbar);
+    }
     for (int64_t k = 0; k < K; ++k) {
       const T* mu = c.muRow(i, k);
       const int64_t ov = c.varOffset(i, k);
       const T* iv = c.invVariance.data() + ov;
-      T e = 0;
-      for (int64_t m = 0; m < M; ++m) {
-        const T d = z[m] - mu[D == 1 ? 0 : m];
-        e += d * d * iv[c.Dv == 1 ? 0 : m];
+      double e = 0;
+      if constexpr (kFloat) {
+        // double lanes, exact differences and a double 1/v: E can be large (underflowing
+        // kernels) and the softmax over classes reads differences of E.
+        if (D == 1) {
+          const double dm = zbar - double(mu[0]);
+          e = (zvar + double(M) * dm * dm) * ivD[ov];
+        } else {
+          e = sqDistScaled(z, mu, D != 1, ivD + ov, c.Dv != 1, M);
+        }
+      } else {
+        for (int64_t m = 0; m < M; ++m) {
+          const T d = z[m] - mu[D == 1 ? 0 : m];
+          e += d * d * iv[c.Dv == 1 ? 0 : m];
+        }
       }
-      u[k] = -0.5 * double(e);
+      u[k] = -0.5 * e;
       logp[k] = double(math::logSigmoid(a[k]));
     }
     // gE: ∂L/∂E_ik, gLogP: ∂L/∂log p_ik (both already divided by B and weighted).
-    std::vector<double> gE(K, 0.0), gLogP(K, 0.0);
     bool hasGrad = false;
     if (c.labelCount[i] == 0) {
       recRow[i] = -logEps;  // r_i = 0: the constant -log(eps), zero gradient
@@ -389,20 +520,41 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
         }
       }
     }
-    if (wantGrad && hasGrad) {
+    if (kFloat && wantGrad && hasGrad) {
+      double* gz = gFeatures.data() + i * M;
+      double A = 0, C = 0;  // isotropic: Σ_k gE_k/v_k and Σ_k gE_k μ_k/v_k
+      for (int64_t k = 0; k < K; ++k) {
+        gLogits[i * K + k] += gLogP[k] * double(math::sigmoid(-a[k]));  // ∂log p/∂a = 1 - p
+        if (gE[k] == 0) continue;
+        const T* mu = c.muRow(i, k);
+        const int64_t ov = c.varOffset(i, k);
+        if (D == 1) {
+          const double iv = ivD[ov], g = gE[k] * iv, dm = zbar - double(mu[0]);
+          A += g;
+          C += g * double(mu[0]);
+          gMu[i * K + k] += g * double(M) * dm;                              // −Σ_m ∂E/∂z
+          gVar[ov] += gE[k] * 0.5 * iv * iv * (zvar + double(M) * dm * dm);  // ½ Σ_m (z − μ)²/v²
+        } else {
+          if constexpr (kFloat)
+            reconGradRow(z, mu, ivD + ov, c.Dv != 1, gE[k], gz, gMu.data() + (i * K + k) * D, gVar.data() + ov, M);
+        }
+      }
+      if (D == 1)
+        for (int64_t m = 0; m < M; ++m) gz[m] += C - A * double(z[m]);  // Σ_k −gE_k (z_m − μ_k)/v_k
+    } else if (wantGrad && hasGrad) {
       double* gz = gFeatures.data() + i * M;
       for (int64_t k = 0; k < K; ++k) {
         gLogits[i * K + k] += gLogP[k] * double(math::sigmoid(-a[k]));  // ∂log p/∂a = 1 - p
         if (gE[k] == 0) continue;
         const T* mu = c.muRow(i, k);
         const int64_t ov = c.varOffset(i, k);
-        const T* iv = c.invVariance.data() + ov;
+        const double* iv = ivD + ov;
         double* gmu = gMu.data() + (i * K + k) * D;
         double* gv = gVar.data() + ov;
         for (int64_t m = 0; m < M; ++m) {
           const int64_t mm = D == 1 ? 0 : m, vm = c.Dv == 1 ? 0 : m;
           const double d = double(z[m]) - double(mu[mm]);
-          const double ivm = double(iv[vm]);
+          const double ivm = iv[vm];
           const double dz = -gE[k] * d * ivm;  // ∂E/∂z = -(z - μ)/v
           gz[m] += dz;
           gmu[mm] -= dz;
@@ -414,7 +566,7 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
 
   // ---- 3. contrastive ----
   // |A(i)|: the samples sharing a label with i (label bitsets, O(B²·K/64)).
-  c.anchorSize.assign(B, 0);
+  zeroed(c.anchorSize, B);
   forEachRow(threads, B, [&](int64_t i) {
     int64_t n = 0;
     if (c.labelCount[i] > 0)
@@ -425,9 +577,11 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
   // Active (anchor, class) rows, listed per class: P_k = { i : y_ik = 1 } when at least two
   // samples carry k (then A(i) ≠ ∅ for each), ascending. A row whose class has one positive has
   // no co-positive, so Q_ik = 0 and it carries neither loss nor gradient: it is skipped.
-  c.active.assign(B * K, 0);
-  std::vector<int64_t> classStart(K + 1, 0);
-  std::vector<int32_t> classAnchors;
+  zeroed(c.active, B * K);
+  zeroed(ws.classStart, K + 1);
+  std::vector<int64_t>& classStart = ws.classStart;
+  std::vector<int32_t>& classAnchors = ws.classAnchors;
+  classAnchors.clear();
   for (int64_t k = 0; k < K; ++k) {
     classStart[k] = int64_t(classAnchors.size());
     int64_t positives = 0;
@@ -473,7 +627,9 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
   double contrastive = 0;
   std::vector<double> Q;
   std::vector<OnlineSum> S;
-  if (!classAnchors.empty()) {
+  if constexpr (kFloat) {
+    if (!classAnchors.empty()) contrastive = contrastiveSimd(c, ws, threads, wantGrad, invB, invTau);
+  } else if (!classAnchors.empty()) {
     // Sweep 1: S_ik = Σ_{l≠i} e_ilk for every active anchor row, kept as (max BC, Σ e^{(BC-max)/τ}).
     S.assign(B * K, OnlineSum{});
     forEachClass([&](int64_t k, int64_t) {
@@ -557,19 +713,344 @@ LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradient
   r.loss = o.weightAsl * r.asl + o.weightReconstruction * r.reconstruction + o.weightContrastive * r.contrastive;
 
   if (wantGrad) {
-    auto store = [](T* out, const std::vector<double>& g) {
+    auto store = [](T* out, const std::vector<double>& g, int64_t n) {
       if (out)
-        for (size_t j = 0; j < g.size(); ++j) out[j] = T(g[j]);
+        for (int64_t j = 0; j < n; ++j) out[j] = T(g[j]);
     };
-    store(gradients->features, gFeatures);
-    store(gradients->logits, gLogits);
-    store(gradients->mu, gMu);
-    store(gradients->variance, gVar);
+    store(gradients->features, gFeatures, sh.featuresSize());
+    store(gradients->logits, gLogits, sh.logitsSize());
+    store(gradients->mu, gMu, sh.muSize());
+    store(gradients->variance, gVar, sh.varianceSize());
   }
   return r;
+}
+
+namespace {
+std::mutex gWorkspaceMutex;
+Workspace gWorkspace;
+
+template <class T>
+LossParts computeWithWorkspace(const Problem<T>& problem, const Options& o, const Gradients<T>* gradients, int numThreads) {
+  std::unique_lock<std::mutex> lock(gWorkspaceMutex, std::try_to_lock);
+  if (lock.owns_lock()) return computeImpl<T>(problem, o, gradients, numThreads, gWorkspace);
+  Workspace own;
+  return computeImpl<T>(problem, o, gradients, numThreads, own);
+}
+}  // namespace
+
+LossParts computeFloat(const Problem<float>& p, const Options& o, const Gradients<float>* g, int numThreads) {
+  return computeWithWorkspace<float>(p, o, g, numThreads);
+}
+
+namespace {
+// Keeps a value alive without letting the compiler see through it.
+template <class V>
+inline void keep(V& v) {
+  asm volatile("" : "+m"(v));
+}
+
+template <class Fn>
+double nsPerElement(int64_t elements, const Fn& fn) {
+  double best = 1e300;
+  for (int rep = 0; rep < 30; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    const auto t1 = std::chrono::steady_clock::now();
+    best = std::min(best, std::chrono::duration<double, std::nano>(t1 - t0).count() / double(elements));
+  }
+  return best;
+}
+}  // namespace
+
+// Each op kind on data in L1 (2048 floats, or 8 independent register chains for the FMA), the
+// best of 5 repetitions: what the ALUs allow for that op, not what the kernels reach.
+CpuOpRates measureOpRates() {
+  CpuOpRates r;
+  r.lanes = kW;
+  constexpr int64_t N = 2048, R = 100;
+  std::vector<float> in(N), out(N);
+  std::vector<double> acc(N, 0.0);
+  for (int64_t j = 0; j < N; ++j) in[j] = 0.5f + float(j % 97) * 0.03125f;
+  {
+    vf a[8];
+    for (int j = 0; j < 8; ++j) a[j] = vbroadcast(1.0f + 0.001f * float(j));
+    const vf m = vbroadcast(0.999999f), c = vbroadcast(1e-7f);
+    r.fma = nsPerElement(R * 64 * 8 * kW, [&] {
+      for (int64_t t = 0; t < R * 64; ++t)
+        for (int j = 0; j < 8; ++j) a[j] = a[j] * m + c;
+      keep(a);
+    });
+  }
+  r.div = nsPerElement(R * N, [&] {
+    for (int64_t t = 0; t < R; ++t) {
+      for (int64_t j = 0; j < N; j += kW) vstore(out.data() + j, 1.0f / (vload(in.data() + j) + 1.0f));
+      keep(out[0]);
+    }
+  });
+  r.log1p = nsPerElement(R * N, [&] {
+    for (int64_t t = 0; t < R; ++t) {
+      for (int64_t j = 0; j < N; j += kW) vstore(out.data() + j, vlog1p(vload(in.data() + j)));
+      keep(out[0]);
+    }
+  });
+  r.exp = nsPerElement(R * N, [&] {
+    for (int64_t t = 0; t < R; ++t) {
+      for (int64_t j = 0; j < N; j += kW) vstore(out.data() + j, vexp(-vload(in.data() + j)));
+      keep(out[0]);
+    }
+  });
+  r.accum = nsPerElement(R * N, [&] {
+    for (int64_t t = 0; t < R; ++t) {
+      for (int64_t j = 0; j < N; j += kW) addTo(acc.data() + j, vload(in.data() + j));
+      keep(acc[0]);
+    }
+  });
+  return r;
+}
+
+#if defined(KMCL_ISA_BASELINE)
+LossParts computeDouble(const Problem<double>& p, const Options& o, const Gradients<double>* g, int numThreads) {
+  return computeWithWorkspace<double>(p, o, g, numThreads);
+}
+#endif
+
+}  // namespace KMCL_ISA_NS
+}  // namespace kmcl
+
+// ---- the ISA-independent part: compiled once (baseline) ----
+#if defined(KMCL_ISA_BASELINE)
+namespace kmcl {
+
+namespace {
+
+std::string str(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.9g", v);
+  return buf;
+}
+
+int envThreads() {
+  const char* s = std::getenv("KMCL_NUM_THREADS");
+  if (!s || !*s) return 0;
+  char* end = nullptr;
+  const long v = std::strtol(s, &end, 10);
+  if (*end != '\0' || v <= 0 || v > 1024) {
+    throw std::invalid_argument(std::string("KMCL_NUM_THREADS must be an integer from 1 to 1024, got \"") + s + "\"");
+  }
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+int cpuThreadCount(int requested) {
+  if (requested > 0) return requested;
+  const int env = envThreads();
+  if (env > 0) return env;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+void checkShapeAndOptions(const Shape& s, const Options& o) {
+  auto positive = [](const char* name, int64_t v) {
+    if (v <= 0) throw std::invalid_argument(std::string(name) + " must be a positive integer, got " + std::to_string(v));
+  };
+  positive("batch", s.batch);
+  positive("classes", s.classes);
+  positive("dim", s.dim);
+  if (s.muDim != 1 && s.muDim != s.dim) {
+    throw std::invalid_argument("muDim must be 1 or dim (" + std::to_string(s.dim) + "), got " + std::to_string(s.muDim));
+  }
+  if (s.varianceClasses != 1 && s.varianceClasses != s.classes) {
+    throw std::invalid_argument("varianceShape[0] must be 1 or classes (" + std::to_string(s.classes) + "), got " +
+                                std::to_string(s.varianceClasses));
+  }
+  if (s.varianceDim != 1 && s.varianceDim != s.muDim) {
+    throw std::invalid_argument("varianceShape[1] must be 1 or muDim (" + std::to_string(s.muDim) + "), got " +
+                                std::to_string(s.varianceDim));
+  }
+  auto finite = [](const char* name, double v) {
+    if (!std::isfinite(v)) throw std::invalid_argument(std::string("options.") + name + " must be finite, got " + str(v));
+  };
+  finite("temperature", o.temperature);
+  finite("gammaNeg", o.gammaNeg);
+  finite("gammaPos", o.gammaPos);
+  finite("clip", o.clip);
+  finite("eps", o.eps);
+  finite("logEps", o.logEps);
+  finite("distanceScale", o.distanceScale);
+  if (!(o.temperature > 0)) throw std::invalid_argument("options.temperature must be > 0, got " + str(o.temperature));
+  if (!(o.gammaNeg >= 0)) throw std::invalid_argument("options.gammaNeg must be >= 0, got " + str(o.gammaNeg));
+  if (!(o.gammaPos >= 0)) throw std::invalid_argument("options.gammaPos must be >= 0, got " + str(o.gammaPos));
+  if (!(o.clip >= 0 && o.clip < 1)) throw std::invalid_argument("options.clip must be in [0, 1), got " + str(o.clip));
+  if (!(o.eps > 0)) throw std::invalid_argument("options.eps must be > 0, got " + str(o.eps));
+  if (!(o.logEps > 0)) throw std::invalid_argument("options.logEps must be > 0, got " + str(o.logEps));
+  if (!(o.distanceScale > 0)) throw std::invalid_argument("options.distanceScale must be > 0, got " + str(o.distanceScale));
+  // Numeric domain (docs/kmcl-loss.md): where every path's loss and gradients are finite.
+  auto within = [](const char* name, double v, double lo, double hi) {
+    if (!(v >= lo && v <= hi)) throw std::invalid_argument(std::string("options.") + name + " must be in [" + str(lo) + ", " + str(hi) + "], got " + str(v));
+  };
+  within("temperature", o.temperature, 1e-4, 1e4);
+  within("gammaNeg", o.gammaNeg, 0, 100);
+  within("gammaPos", o.gammaPos, 0, 100);
+  within("eps", o.eps, 1e-30, 1);
+  if (!(o.eps < 1)) throw std::invalid_argument("options.eps must be < 1, got " + str(o.eps));
+  within("logEps", o.logEps, 1e-30, 1);
+  within("distanceScale", o.distanceScale, 1e-6, 1e6);
+  if (!o.detachFocalWeight && o.gammaNeg > 0 && o.gammaNeg < 0.25) {
+    throw std::invalid_argument("options.gammaNeg must be 0 or >= 0.25 when detachFocalWeight is false, got " + str(o.gammaNeg));
+  }
+  const double w[3] = {o.weightAsl, o.weightReconstruction, o.weightContrastive};
+  const char* wn[3] = {"options.weights.asl", "options.weights.reconstruction", "options.weights.contrastive"};
+  for (int j = 0; j < 3; ++j) {
+    if (!(std::isfinite(w[j]) && w[j] >= 0)) throw std::invalid_argument(std::string(wn[j]) + " must be a finite number >= 0, got " + str(w[j]));
+    if (!(w[j] <= 1e6)) throw std::invalid_argument(std::string(wn[j]) + " must be in [0, 1e+06], got " + str(w[j]));
+  }
+}
+
+
+namespace {
+
+using FloatFn = LossParts (*)(const Problem<float>&, const Options&, const Gradients<float>*, int);
+
+struct IsaEntry {
+  CpuIsa isa;
+  const char* name;
+  FloatFn fn;
+  bool compiled;
+};
+
+bool cpuHas(CpuIsa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  switch (isa) {
+    case CpuIsa::Baseline:
+      return true;
+    case CpuIsa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case CpuIsa::Avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }
+  return false;
+#else
+  return isa == CpuIsa::Baseline;
+#endif
+}
+
+const IsaEntry kIsas[] = {
+    {CpuIsa::Baseline, "baseline", &isa_baseline::computeFloat, true},
+#if defined(KMCL_HAVE_AVX2)
+    {CpuIsa::Avx2, "avx2", &isa_avx2::computeFloat, true},
+#else
+    {CpuIsa::Avx2, "avx2", nullptr, false},
+#endif
+#if defined(KMCL_HAVE_AVX512)
+    {CpuIsa::Avx512, "avx512", &isa_avx512::computeFloat, true},
+#else
+    {CpuIsa::Avx512, "avx512", nullptr, false},
+#endif
+};
+
+const IsaEntry& bestIsa() {
+  static const IsaEntry* best = [] {
+    const IsaEntry* b = &kIsas[0];
+    for (const IsaEntry& e : kIsas)
+      if (e.compiled && cpuHas(e.isa)) b = &e;
+    return b;
+  }();
+  return *best;
+}
+
+std::string availableIsas() {
+  std::string s;
+  for (const IsaEntry& e : kIsas)
+    if (e.compiled && cpuHas(e.isa)) s += (s.empty() ? "" : ", ") + std::string(e.name);
+  return s;
+}
+
+// KMCL_CPU_ISA (read at each call): baseline | avx2 | avx512 forces one; empty or "auto" picks the
+// best the CPU supports. One the CPU or the build lacks is an error naming what is available.
+const IsaEntry& selectIsa() {
+  const char* s = std::getenv("KMCL_CPU_ISA");
+  if (!s || !*s || std::string(s) == "auto") return bestIsa();
+  for (const IsaEntry& e : kIsas) {
+    if (std::string(s) != e.name) continue;
+    if (!e.compiled) {
+      throw std::invalid_argument(std::string("KMCL_CPU_ISA=") + s + ": this build has no " + e.name +
+                                  " path (compiler or architecture); available here: " + availableIsas());
+    }
+    if (!cpuHas(e.isa)) {
+      throw std::invalid_argument(std::string("KMCL_CPU_ISA=") + s + ": this CPU does not support " + e.name +
+                                  "; available here: " + availableIsas());
+    }
+    return e;
+  }
+  throw std::invalid_argument(std::string("KMCL_CPU_ISA must be one of auto, baseline, avx2, avx512, got \"") + s + "\"");
+}
+
+}  // namespace
+
+CpuIsaInfo cpuIsaInfo() {
+  CpuIsaInfo info;
+  info.best = bestIsa().name;
+  try {
+    info.selected = selectIsa().name;
+  } catch (const std::exception& e) {
+    info.selected = info.best;
+    info.error = e.what();
+  }
+  for (const IsaEntry& e : kIsas)
+    if (e.compiled && cpuHas(e.isa)) info.available.push_back(e.name);
+  for (const IsaEntry& e : kIsas)
+    if (e.compiled) info.compiled.push_back(e.name);
+  return info;
+}
+
+CpuOpRates measureCpuOpRates(const std::string& isa) {
+  for (const IsaEntry& e : kIsas) {
+    if (isa != e.name) continue;
+    if (!e.compiled || !cpuHas(e.isa)) {
+      throw std::invalid_argument("measureCpuOpRates: " + isa + " is not usable here; available: " + availableIsas());
+    }
+    CpuOpRates r;
+    switch (e.isa) {
+      case CpuIsa::Baseline:
+        r = isa_baseline::measureOpRates();
+        break;
+#if defined(KMCL_HAVE_AVX2)
+      case CpuIsa::Avx2:
+        r = isa_avx2::measureOpRates();
+        break;
+#endif
+#if defined(KMCL_HAVE_AVX512)
+      case CpuIsa::Avx512:
+        r = isa_avx512::measureOpRates();
+        break;
+#endif
+      default:
+        break;
+    }
+    r.isa = e.name;
+    return r;
+  }
+  throw std::invalid_argument("measureCpuOpRates: unknown instruction set \"" + isa + "\"");
+}
+
+template <class T>
+LossParts computeCpu(const Problem<T>& problem, const Options& o, const Gradients<T>* gradients, int numThreads) {
+  checkShapeAndOptions(problem.shape, o);
+  if (!problem.features || !problem.logits || !problem.labels || !problem.mu || !problem.variance) {
+    throw std::invalid_argument("computeCpu: an input pointer is null");
+  }
+  if constexpr (std::is_same<T, float>::value) {
+    return selectIsa().fn(problem, o, gradients, numThreads);
+  } else {
+    return isa_baseline::computeDouble(problem, o, gradients, numThreads);
+  }
 }
 
 template LossParts computeCpu<float>(const Problem<float>&, const Options&, const Gradients<float>*, int);
 template LossParts computeCpu<double>(const Problem<double>&, const Options&, const Gradients<double>*, int);
 
 }  // namespace kmcl
+#endif  // KMCL_ISA_BASELINE

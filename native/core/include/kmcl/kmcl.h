@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace kmcl {
 
@@ -80,6 +81,35 @@ LossParts computeCpu(const Problem<T>& problem, const Options& options, const Gr
                      int numThreads = 0);
 
 int cpuThreadCount(int requested = 0);
+
+// The instruction set of the float32 CPU path: one kernel source compiled for baseline (SSE2 on
+// x86-64, NEON on arm64), AVX2+FMA and AVX-512 (x86-64), picked at run time from the CPU's
+// features, or forced with KMCL_CPU_ISA=baseline|avx2|avx512 (an ISA the CPU or the build lacks
+// is an error). The float64 path is the scalar reference and ignores it.
+enum class CpuIsa { Baseline, Avx2, Avx512 };
+struct CpuIsaInfo {
+  std::string best;                    // what "auto" picks on this CPU
+  std::string selected;                // what the next call uses (KMCL_CPU_ISA or best)
+  std::string error;                   // why KMCL_CPU_ISA is unusable (calls then throw it)
+  std::vector<std::string> available;  // compiled and supported by this CPU
+  std::vector<std::string> compiled;   // compiled into this build
+};
+CpuIsaInfo cpuIsaInfo();
+
+// The roofline of the float32 CPU kernels (bench/native/cpu_bench.cpp): this machine's
+// throughput, on one thread, for the op kinds of the contrastive inner loops, with the kernels'
+// own vector code of the given instruction set, data in L1. Nanoseconds per float element.
+struct CpuOpRates {
+  std::string isa;
+  int lanes = 0;       // floats per vector
+  double fma = 0;      // a multiply-add (register operands)
+  double div = 0;      // a division (1/(a+b) in the kernels)
+  double log1p = 0;    // the kernels' vector log1p
+  double exp = 0;      // the kernels' vector exp
+  double accum = 0;    // adding a float into a double accumulator in memory (L1)
+};
+// Throws std::invalid_argument when the ISA is not compiled in or not supported by this CPU.
+CpuOpRates measureCpuOpRates(const std::string& isa);
 
 // CUDA path (float32 only). Availability is reported, never thrown: a build without CUDA, a
 // machine without a driver, or without a device gives usable = false and the reason.

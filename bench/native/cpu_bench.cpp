@@ -1,0 +1,340 @@
+// kmcl_cpu_bench: the float32 CPU path per instruction set, against its roofline.
+//
+//   kmcl_cpu_bench [--isa all|baseline|avx2|avx512] [--threads N] [--runs N] [--min-ms MS]
+//                  [--config B,K,M,D,Kv,Dv]... [--grid quick|targets|scaling] [--problem DIR]
+//                  [--roofline-only] [--json FILE]
+//
+// For each problem and instruction set (KMCL_CPU_ISA): the median time of kmcl::computeCpu<float>
+// with all four gradients (fwd+bwd) and without (forward: ASL, reconstruction, contrastive sweeps
+// 1 and 2), after one warm-up call; the gradient pass is their difference. Problems: seeded, as
+// kmcl_bench (features in (-1, 1), logits in (-3, 3), mu in (-0.5, 0.5), variance in (1, 3),
+// 1 … 5 positive labels per sample, mean 3), or a problem written by
+// bench/baselines/torch_cpu.py (--problem DIR: meta.txt and the raw float32 arrays).
+//
+// The roofline: kmcl::measureCpuOpRates gives, per ISA and on one thread, ns per float element
+// for an FMA, a division, the kernels' vector log1p and exp, and a double accumulation in L1.
+// The floor of a sweep is its element count times the op mix of its inner loop (counted from
+// native/core/src/cpu_simd.inc, below) priced at those rates:
+//
+//   isotropic, per (anchor row, partner):   forward  1 div + 1 log1p + 2 exp + 14 fma-class
+//                                           gradient 1 div + 18 fma-class + 4 accumulations
+//   anisotropic, per (row, partner, dim):   forward  1 div + 1/8 log + 12 fma-class (the log of
+//                                           a product of 8 vectors' factors, one per lane)
+//                                           gradient 1 div + 16 fma-class + 2 accumulations
+//                                           (row i's own sums are float over 16 partners)
+//
+// Floors are CPU time (the work of all threads at one thread's rates) and "% floor" = floor / the
+// measured process CPU time of that part (CLOCK_PROCESS_CPUTIME_ID: time other programs take on a
+// shared machine does not count); the forward part includes ASL and reconstruction, O(B·K·M),
+// which the floor leaves out. Wall-clock medians are reported next to it.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kmcl/kmcl.h"
+
+namespace {
+
+struct Config {
+  int64_t B, K, M, D, Kv, Dv;
+};
+
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    return s * 2685821657736338717ull;
+  }
+  double uni() { return double(next() >> 11) * (1.0 / 9007199254740992.0); }
+};
+
+struct Data {
+  kmcl::Shape shape;
+  std::vector<float> features, logits, labels, mu, variance;
+  std::vector<float> g[4];
+  double torchLoss = NAN;
+  std::string source = "synthetic";
+};
+
+Data makeData(const Config& c, uint64_t seed) {
+  Data d;
+  d.shape = kmcl::Shape{c.B, c.K, c.M, c.D, c.Kv, c.Dv};
+  Rng r(seed);
+  d.features.resize(c.B * c.M);
+  for (auto& x : d.features) x = float(r.uni() * 2 - 1);
+  d.logits.resize(c.B * c.K);
+  for (auto& x : d.logits) x = float(r.uni() * 6 - 3);
+  d.mu.resize(c.B * c.K * c.D);
+  for (auto& x : d.mu) x = float(r.uni() - 0.5);
+  d.variance.resize(c.B * c.Kv * c.Dv);
+  for (auto& x : d.variance) x = float(1 + 2 * r.uni());
+  d.labels.assign(c.B * c.K, 0.0f);
+  for (int64_t i = 0; i < c.B; ++i) {
+    const int64_t n = std::min<int64_t>(c.K, 1 + int64_t(r.uni() * 5));
+    for (int64_t t = 0; t < n;) {
+      const int64_t k = int64_t(r.uni() * double(c.K)) % c.K;
+      float& y = d.labels[i * c.K + k];
+      if (y == 0) {
+        y = 1;
+        ++t;
+      }
+    }
+  }
+  return d;
+}
+
+std::vector<float> readFloats(const std::string& path, size_t n) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot open " + path);
+  std::vector<float> v(n);
+  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(n * sizeof(float)));
+  if (size_t(f.gcount()) != n * sizeof(float)) throw std::runtime_error(path + ": expected " + std::to_string(n) + " floats");
+  return v;
+}
+
+// meta.txt: "B K M D Kv Dv torchLoss"
+Data loadData(const std::string& dir) {
+  std::ifstream meta(dir + "/meta.txt");
+  if (!meta) throw std::runtime_error("cannot open " + dir + "/meta.txt");
+  Config c{};
+  Data d;
+  meta >> c.B >> c.K >> c.M >> c.D >> c.Kv >> c.Dv >> d.torchLoss;
+  d.shape = kmcl::Shape{c.B, c.K, c.M, c.D, c.Kv, c.Dv};
+  d.features = readFloats(dir + "/features.f32", c.B * c.M);
+  d.logits = readFloats(dir + "/logits.f32", c.B * c.K);
+  d.labels = readFloats(dir + "/labels.f32", c.B * c.K);
+  d.mu = readFloats(dir + "/mu.f32", c.B * c.K * c.D);
+  d.variance = readFloats(dir + "/variance.f32", c.B * c.Kv * c.Dv);
+  d.source = dir;
+  return d;
+}
+
+// CPU time of the process (all threads): on a shared machine, time taken by other work does not
+// count; the roofline fractions use it.
+double cpuMsNow() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) * 1e-6;
+}
+
+double msSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+struct Timing {
+  double fwdBwdMs = NAN, fwdMs = NAN, fwdBwdCpuMs = NAN, fwdCpuMs = NAN, loss = NAN;
+  int runs = 0;
+};
+
+Timing timeIt(Data& d, int threads, int runs, double minMs) {
+  kmcl::Problem<float> p;
+  p.shape = d.shape;
+  p.features = d.features.data();
+  p.logits = d.logits.data();
+  p.labels = d.labels.data();
+  p.mu = d.mu.data();
+  p.variance = d.variance.data();
+  d.g[0].resize(d.features.size());
+  d.g[1].resize(d.logits.size());
+  d.g[2].resize(d.mu.size());
+  d.g[3].resize(d.variance.size());
+  kmcl::Gradients<float> g{d.g[0].data(), d.g[1].data(), d.g[2].data(), d.g[3].data()};
+  kmcl::Options o;
+  Timing t;
+  t.loss = kmcl::computeCpu<float>(p, o, &g, threads).loss;  // warm-up (and workspace growth)
+  kmcl::computeCpu<float>(p, o, nullptr, threads);
+  std::vector<double> fb, f, fbc, fc;
+  const auto start = std::chrono::steady_clock::now();
+  while (int(fb.size()) < runs || msSince(start) < minMs) {
+    auto t0 = std::chrono::steady_clock::now();
+    double c0 = cpuMsNow();
+    kmcl::computeCpu<float>(p, o, &g, threads);
+    fb.push_back(msSince(t0));
+    fbc.push_back(cpuMsNow() - c0);
+    t0 = std::chrono::steady_clock::now();
+    c0 = cpuMsNow();
+    kmcl::computeCpu<float>(p, o, nullptr, threads);
+    f.push_back(msSince(t0));
+    fc.push_back(cpuMsNow() - c0);
+    if (fb.size() >= 2000) break;
+  }
+  t.fwdBwdMs = median(fb);
+  t.fwdMs = median(f);
+  t.fwdBwdCpuMs = median(fbc);
+  t.fwdCpuMs = median(fc);
+  t.runs = int(fb.size());
+  return t;
+}
+
+// Anchor rows of the contrastive sweeps: Σ_k n_k over classes with at least two positives.
+int64_t anchorRows(const Data& d) {
+  const int64_t B = d.shape.batch, K = d.shape.classes;
+  int64_t rows = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < B; ++i) n += d.labels[i * K + k] != 0 ? 1 : 0;
+    if (n >= 2) rows += n;
+  }
+  return rows;
+}
+
+std::vector<Config> grid(const std::string& name) {
+  if (name == "quick") return {{256, 20, 128, 1, 20, 1}, {128, 20, 64, 64, 20, 64}};
+  if (name == "targets")
+    return {{256, 20, 128, 1, 20, 1},   {128, 20, 64, 64, 20, 64},  {1024, 20, 128, 1, 20, 1},
+            {1024, 80, 64, 64, 80, 64}, {1024, 80, 64, 64, 1, 64},  {1024, 20, 128, 1, 1, 1}};
+  if (name == "scaling") {
+    std::vector<Config> v;
+    for (int64_t B : {512, 1024, 2048, 4096, 8192}) v.push_back({B, 20, 128, 1, 20, 1});
+    for (int64_t B : {512, 1024, 2048, 4096, 8192}) v.push_back({B, 80, 64, 64, 80, 64});
+    return v;
+  }
+  throw std::invalid_argument("--grid must be quick, targets or scaling");
+}
+
+std::string layout(const kmcl::Shape& s) {
+  return std::string(s.muDim == 1 ? "iso" : "aniso") + " var[B," + (s.varianceClasses == 1 ? "1" : "K") + "," +
+         (s.varianceDim == 1 ? "1" : "D") + "]";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string isaArg = "all", jsonPath, gridName, problemDir;
+  int threads = 2, runs = 5;
+  double minMs = 300;
+  bool rooflineOnly = false;
+  std::vector<Config> configs;
+  try {
+    for (int a = 1; a < argc; ++a) {
+      const std::string s = argv[a];
+      auto next = [&]() -> std::string {
+        if (a + 1 >= argc) throw std::invalid_argument(s + " needs a value");
+        return argv[++a];
+      };
+      if (s == "--isa") isaArg = next();
+      else if (s == "--threads") threads = std::max(1, std::atoi(next().c_str()));
+      else if (s == "--runs") runs = std::max(1, std::atoi(next().c_str()));
+      else if (s == "--min-ms") minMs = std::atof(next().c_str());
+      else if (s == "--json") jsonPath = next();
+      else if (s == "--grid") gridName = next();
+      else if (s == "--problem") problemDir = next();
+      else if (s == "--roofline-only") rooflineOnly = true;
+      else if (s == "--config") {
+        Config c{};
+        if (std::sscanf(next().c_str(), "%ld,%ld,%ld,%ld,%ld,%ld", &c.B, &c.K, &c.M, &c.D, &c.Kv, &c.Dv) != 6)
+          throw std::invalid_argument("--config wants B,K,M,D,Kv,Dv");
+        configs.push_back(c);
+      } else {
+        throw std::invalid_argument("unknown argument " + s);
+      }
+    }
+    if (!gridName.empty()) {
+      const auto g = grid(gridName);
+      configs.insert(configs.end(), g.begin(), g.end());
+    }
+    if (configs.empty() && problemDir.empty() && !rooflineOnly) configs = grid("quick");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kmcl_cpu_bench: %s\n", e.what());
+    return 2;
+  }
+
+  const kmcl::CpuIsaInfo info = kmcl::cpuIsaInfo();
+  std::vector<std::string> isas;
+  if (isaArg == "all") isas = info.available;
+  else isas = {isaArg};
+  std::string compiled;
+  for (const auto& c : info.compiled) compiled += " " + c;
+  std::printf("kmcl_cpu_bench: threads %d; ISAs compiled:%s; auto picks %s\n", threads, compiled.c_str(), info.best.c_str());
+
+  std::vector<kmcl::CpuOpRates> rates;
+  std::printf("\nroofline (one thread, ns per float element):\n| ISA | lanes | fma | div | log1p | exp | accumulate (double, L1) |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  for (const std::string& isa : isas) {
+    try {
+      const kmcl::CpuOpRates r = kmcl::measureCpuOpRates(isa);
+      rates.push_back(r);
+      std::printf("| %s | %d | %.4f | %.4f | %.4f | %.4f | %.4f |\n", isa.c_str(), r.lanes, r.fma, r.div, r.log1p, r.exp, r.accum);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "kmcl_cpu_bench: %s\n", e.what());
+      return 2;
+    }
+  }
+  std::fflush(stdout);
+  if (rooflineOnly) return 0;
+
+  std::vector<Data> problems;
+  if (!problemDir.empty()) problems.push_back(loadData(problemDir));
+  for (const Config& c : configs) problems.push_back(makeData(c, 1234 + uint64_t(c.B) * 7 + uint64_t(c.K)));
+
+  std::string json = "{\"threads\": " + std::to_string(threads) + ", \"rows\": [";
+  bool firstRow = true;
+  std::printf("\n| layout | B | K | M | ISA | fwd+bwd ms | fwd ms | grad ms | CPU ms fwd+bwd | ns/elem (CPU) | fwd %% floor | grad %% floor | runs | loss |\n");
+  std::printf("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  for (Data& d : problems) {
+    const bool iso = d.shape.muDim == 1;
+    const double rows = double(anchorRows(d));
+    const double pairs = rows * double(d.shape.batch - 1);
+    const double elems = iso ? pairs : pairs * double(d.shape.muDim);
+    for (size_t r = 0; r < isas.size(); ++r) {
+      if (setenv("KMCL_CPU_ISA", isas[r].c_str(), 1) != 0) return 2;
+      const Timing t = timeIt(d, threads, runs, minMs);
+      const kmcl::CpuOpRates& q = rates[r];
+      const double fwdFloorNs = iso ? q.div + q.log1p + 2 * q.exp + 14 * q.fma : q.div + q.log1p / 8 + 12 * q.fma;
+      const double gradFloorNs = iso ? q.div + 18 * q.fma + 4 * q.accum : q.div + 16 * q.fma + 2 * q.accum;
+      // Floors in CPU time (one thread's rates, all threads' work), compared with CPU time.
+      const double fwdFloorMs = elems * fwdFloorNs * 1e-6;
+      const double gradFloorMs = elems * gradFloorNs * 1e-6;
+      const double gradMs = t.fwdBwdMs - t.fwdMs;
+      const double gradCpuMs = t.fwdBwdCpuMs - t.fwdCpuMs;
+      const double nsPer = t.fwdBwdCpuMs * 1e6 / elems;
+      std::printf("| %s | %ld | %ld | %ld | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f%% | %.0f%% | %d | %.7g |\n", layout(d.shape).c_str(),
+                  long(d.shape.batch), long(d.shape.classes), long(d.shape.dim), isas[r].c_str(), t.fwdBwdMs, t.fwdMs, gradMs,
+                  t.fwdBwdCpuMs, nsPer, 100 * fwdFloorMs / t.fwdCpuMs, 100 * gradFloorMs / gradCpuMs, t.runs, t.loss);
+      std::fflush(stdout);
+      char buf[1024];
+      std::snprintf(buf, sizeof buf,
+                    "%s{\"layout\": \"%s\", \"B\": %ld, \"K\": %ld, \"M\": %ld, \"D\": %ld, \"Kv\": %ld, \"Dv\": %ld, \"isa\": \"%s\", "
+                    "\"fwdBwdMs\": %.6g, \"fwdMs\": %.6g, \"gradMs\": %.6g, \"anchorRows\": %.0f, \"pairs\": %.0f, \"elements\": %.0f, "
+                    "\"fwdBwdCpuMs\": %.6g, \"fwdCpuMs\": %.6g, \"nsPerElementCpu\": %.6g, \"fwdFloorCpuMs\": %.6g, \"gradFloorCpuMs\": %.6g, \"runs\": %d, \"loss\": %.9g, \"torchLoss\": %.9g, "
+                    "\"source\": \"%s\"}",
+                    firstRow ? "" : ", ", layout(d.shape).c_str(), long(d.shape.batch), long(d.shape.classes), long(d.shape.dim),
+                    long(d.shape.muDim), long(d.shape.varianceClasses), long(d.shape.varianceDim), isas[r].c_str(), t.fwdBwdMs, t.fwdMs,
+                    gradMs, rows, pairs, elems, t.fwdBwdCpuMs, t.fwdCpuMs, nsPer, fwdFloorMs, gradFloorMs, t.runs, t.loss, d.torchLoss, d.source.c_str());
+      json += buf;
+      firstRow = false;
+    }
+  }
+  unsetenv("KMCL_CPU_ISA");
+  json += "], \"rates\": [";
+  for (size_t r = 0; r < rates.size(); ++r) {
+    char buf[512];
+    std::snprintf(buf, sizeof buf, "%s{\"isa\": \"%s\", \"lanes\": %d, \"fma\": %.6g, \"div\": %.6g, \"log1p\": %.6g, \"exp\": %.6g, \"accum\": %.6g}",
+                  r ? ", " : "", rates[r].isa.c_str(), rates[r].lanes, rates[r].fma, rates[r].div, rates[r].log1p, rates[r].exp,
+                  rates[r].accum);
+    json += buf;
+  }
+  json += "]}\n";
+  if (!jsonPath.empty()) {
+    std::ofstream f(jsonPath);
+    f << json;
+  }
+  return 0;
+}

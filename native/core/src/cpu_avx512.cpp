@@ -1,0 +1,20 @@
+// The float32 CPU path compiled for AVX-512 (F, DQ, VL, BW; 16 float lanes); picked at run time
+// when the CPU has them (cpu.cpp, selectIsa). Headers first, then the target: see cpu_includes.h.
+#include "cpu_includes.h"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")
+#endif
+
+#define KMCL_ISA_NS isa_avx512
+#define KMCL_W 16
+#include "cpu.cpp"
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif

@@ -1,0 +1,112 @@
+import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+import { backendInfo, kmclLossRaw, kmclLossRawFloat64 } from '../src/index.js';
+import type { KmclRawResult } from '../src/raw.js';
+import { GRADS, TERMS, layouts, randomProblem, relNorm } from './helpers.js';
+
+/**
+ * The float32 CPU path on every instruction set this machine supports (KMCL_CPU_ISA): against the
+ * float64 path on the same float-rounded inputs (terms within 1e-6 relative, gradients within 1e-5
+ * in relative norm), and bitwise equal for KMCL_NUM_THREADS = 1, 2, 3, 8. The native test
+ * (kmcl_native_test, isa/ cases) runs the same checks on every fixture and its random problems.
+ */
+function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T): T {
+  const saved: Record<string, string | undefined> = {};
+  for (const k of Object.keys(vars)) saved[k] = process.env[k];
+  try {
+    for (const [k, v] of Object.entries(vars)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+    return fn();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
+const info = backendInfo();
+const isas = info.cpu.isaAvailable ?? [];
+
+describe('CPU instruction sets', () => {
+  it('backendInfo reports the instruction set in use and the available ones', () => {
+    expect(info.native.loaded).toBe(true);
+    expect(isas).toContain('baseline');
+    expect(isas).toContain(info.cpu.isa);
+    // auto picks the widest available
+    const order = ['baseline', 'avx2', 'avx512'];
+    expect(order.indexOf(info.cpu.isa!)).toBe(Math.max(...isas.map((s) => order.indexOf(s))));
+    const forced = withEnv({ KMCL_CPU_ISA: 'baseline' }, () => backendInfo().cpu.isa);
+    expect(forced).toBe('baseline');
+  });
+
+  it('an unknown or unsupported KMCL_CPU_ISA is a clear error, not a crash', () => {
+    const p = randomProblem({ seed: 3, B: 8, K: 3, M: 4, D: 4, Kv: 3, Dv: 4 });
+    withEnv({ KMCL_CPU_ISA: 'sse9' }, () => {
+      expect(() => kmclLossRaw(p, { device: 'cpu' })).toThrow(/KMCL_CPU_ISA must be one of auto, baseline, avx2, avx512, got "sse9"/);
+      expect(backendInfo().cpu.isaError).toMatch(/KMCL_CPU_ISA/);
+    });
+    for (const isa of ['avx2', 'avx512'].filter((s) => !isas.includes(s as never))) {
+      withEnv({ KMCL_CPU_ISA: isa }, () => {
+        expect(() => kmclLossRaw(p, { device: 'cpu' })).toThrow(new RegExp(`KMCL_CPU_ISA=${isa}: .*available here: baseline`));
+      });
+    }
+  });
+
+  for (const isa of isas) {
+    describe(isa, () => {
+      for (const layout of layouts(9, 20)) {
+        it(`${layout.name}: within 1e-6 (terms) / 1e-5 (gradients) of float64, bitwise equal for 1, 2, 3, 8 threads`, () => {
+          const p64 = randomProblem({ seed: 40 + layout.D, B: 97, K: 9, M: 20, D: layout.D, Kv: layout.Kv, Dv: layout.Dv, positives: 3 }, Float64Array);
+          const p32 = Object.fromEntries(
+            Object.entries(p64).map(([k, v]) => [k, v instanceof Float64Array ? Float32Array.from(v) : v]),
+          ) as unknown as Parameters<typeof kmclLossRaw>[0];
+          const ref = kmclLossRawFloat64(
+            Object.fromEntries(Object.entries(p32).map(([k, v]) => [k, v instanceof Float32Array ? Float64Array.from(v) : v])) as never,
+            {},
+          );
+          const runs: KmclRawResult[] = [];
+          for (const n of ['1', '2', '3', '8']) runs.push(withEnv({ KMCL_CPU_ISA: isa, KMCL_NUM_THREADS: n }, () => kmclLossRaw(p32, { device: 'cpu' })));
+          expect(ref.contrastive).toBeGreaterThan(0);
+          for (const t of TERMS) expect(Math.abs(runs[0][t] - ref[t]), t).toBeLessThanOrEqual(1e-6 * Math.abs(ref[t]) + 1e-9);
+          for (const g of GRADS) expect(relNorm(runs[0].gradients![g], ref.gradients![g]), `d/d${g}`).toBeLessThan(1e-5);
+          for (const r of runs.slice(1)) {
+            for (const t of TERMS) expect(r[t]).toBe(runs[0][t]);
+            for (const g of GRADS) expect(r.gradients![g]).toEqual(runs[0].gradients![g]);
+          }
+        });
+      }
+    });
+  }
+
+  it('kmcl code in the addon uses AVX instructions only inside the avx2/avx512 kernels (so it runs on a baseline x86-64 CPU)', (ctx) => {
+    const path = info.native.path;
+    const probe = spawnSync('objdump', ['--version'], { encoding: 'utf8' });
+    if (process.arch !== 'x64' || !path || probe.status !== 0) {
+      ctx.skip();  // not x86-64, or no objdump (binutils) on this machine
+      return;
+    }
+    const dis = spawnSync('objdump', ['-d', '--no-show-raw-insn', '-C', path], { encoding: 'utf8', maxBuffer: 1 << 30 });
+    expect(dis.status, dis.stderr).toBe(0);
+    let fn = '';
+    const offenders = new Set<string>();
+    let vexInKernels = 0;
+    for (const line of dis.stdout.split('\n')) {
+      const head = /^[0-9a-f]+ <(.*)>:$/.exec(line);
+      if (head) {
+        fn = head[1];
+        continue;
+      }
+      // VEX/EVEX-encoded instructions (AVX and later) start with "v" (vmovaps, vfmadd…, vzeroupper).
+      if (/^\s+[0-9a-f]+:\t(v[a-z0-9]+)\s/.test(line)) {
+        if (/isa_avx2|isa_avx512/.test(fn)) vexInKernels++;
+        else if (/kmcl|Napi/.test(fn)) offenders.add(fn);  // our code (the CUDA runtime, when linked, is NVIDIA's)
+      }
+    }
+    expect([...offenders].slice(0, 5), 'functions outside the avx2/avx512 kernels with AVX instructions').toEqual([]);
+    expect(vexInKernels).toBeGreaterThan(1000);
+  }, 120_000);
+});
+
