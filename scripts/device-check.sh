@@ -43,7 +43,7 @@ jobs=$(nproc 2>/dev/null || echo 8)
 cat "$OUT/env.txt"
 
 step "configure and build (build-device/, Release, CUDA on, sm_90)"
-if ! { cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DKMCL_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 &&
+if ! { cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DKMCL_CUDA=ON -DKMCL_CUDA_VERBOSE=ON -DCMAKE_CUDA_ARCHITECTURES=90 &&
        cmake --build build-device -j"$jobs"; } > "$OUT/build.log" 2>&1; then
   tail -40 "$OUT/build.log"
   echo "build failed"

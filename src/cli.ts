@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { problemFromFile } from './fixture.js';
+import { buildCommand } from './build.js';
 import { backendInfo } from './native.js';
 import { kmclLossRaw, type Device } from './raw.js';
 
@@ -47,6 +48,7 @@ function parseLossArgs(args: string[]): { input: string; device: Device; gradien
 function main(argv: string[]): number {
   const [command, ...rest] = argv;
   try {
+    if (command === 'build') return buildCommand(rest);
     if (command === 'info') {
       if (rest.length) throw new UsageError(`kmcl info takes no arguments, got "${rest.join(' ')}"`);
       process.stdout.write(JSON.stringify(backendInfo(), null, 2) + '\n');
