@@ -12,7 +12,7 @@ const y = tf.tidy(() => tf.cast(tf.greater(tf.matMul(x, tf.randomNormal([16, 5],
 
 // The op on its own: loss parts as scalars; gradients flow when a tape records.
 const [logits, mu, variance, features] = model.predict(x) as tf.Tensor[];
-const { loss, contrastive } = kmclLoss({ features, logits, mu, variance, labels: y } as Parameters<typeof kmclLoss>[0], { temperature: 0.17 });
+const { loss, contrastive } = kmclLoss({ features, logits, mu, variance, labels: y }, { temperature: 0.17 });
 console.log('initial loss', loss.dataSync()[0], 'contrastive', contrastive.dataSync()[0]);
 
 // Train: Adam + weight decay on kernels, OneCycle learning rate, EMA weights for evaluation.

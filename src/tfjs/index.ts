@@ -3,7 +3,7 @@
  * gradient), the plain-tfjs composite `kmclLossReference`, the KMM head, training helpers and
  * multilabel metrics. Import as `kmcl/tfjs`; it loads `@tensorflow/tfjs` (a peer dependency).
  */
-export { kmclLoss, kmclFallbackReason, type KmclOpOptions } from './op.js';
+export { kmclLoss, kmclFallbackReason, type KmclOpInputs, type KmclOpOptions } from './op.js';
 export { KMCL_LOSS, KERNEL_BACKENDS, kernelCounters, registerKmclKernels } from './kernel.js';
 export { kmclLossReference, type KmclLossInputs, type KmclLossTerms } from './reference.js';
 export { KmmHead, kmmHead, type KmmCovariance, type KmmHeadConfig, type KmmMode } from './head.js';

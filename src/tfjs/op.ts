@@ -9,6 +9,13 @@ import { checkDevice, type Device } from '../raw.js';
 import { KERNEL_BACKENDS, KMCL_LOSS, registerKmclKernels, type KmclLossAttrs } from './kernel.js';
 import { checkKmclInputs, kmclLossReference, type KmclLossInputs, type KmclLossTerms } from './reference.js';
 
+/**
+ * The op's inputs: the spec's tensors (see {@link KmclLossInputs} for their shapes) typed as
+ * `tf.Tensor` of any rank, so that model outputs (`tf.Tensor[]`) pass without casts. Ranks and
+ * shapes are checked at run time, before any work, with errors that name the tensor.
+ */
+export type KmclOpInputs = { [Name in keyof KmclLossInputs]: tf.Tensor };
+
 export interface KmclOpOptions extends KmclLossOptions {
   /** 'auto' (default): CUDA when usable, else the CPU. The data is read from the tfjs backend either way. */
   device?: Device;
@@ -38,7 +45,7 @@ export function kmclFallbackReason(): string | undefined {
  * `KmclLoss` kernel (e.g. webgl), it computes the same function with {@link kmclLossReference}
  * and warns once, naming the reason.
  */
-export function kmclLoss(inputs: KmclLossInputs, options: KmclOpOptions = {}): KmclLossTerms {
+export function kmclLoss(inputs: KmclOpInputs, options: KmclOpOptions = {}): KmclLossTerms {
   checkKmclInputs(inputs, 'kmclLoss');
   const resolved = resolveOptions(options, ['device']);
   const device = checkDevice(options.device);
@@ -49,7 +56,7 @@ export function kmclLoss(inputs: KmclLossInputs, options: KmclOpOptions = {}): K
       console.warn(`kmcl: using the plain-tfjs composite instead of the fused kernel: ${reason}`);
     }
     const { device: _device, ...lossOptions } = options;
-    return kmclLossReference(inputs, lossOptions);
+    return kmclLossReference(inputs as KmclLossInputs, lossOptions);
   }
   const computeGradients = tf.engine().isTapeOn();
   const attrs: KmclLossAttrs = { options: resolved, computeGradients, device };
