@@ -8,5 +8,6 @@ export { KMCL_LOSS, KERNEL_BACKENDS, kernelCounters, registerKmclKernels } from 
 export { kmclLossReference, type KmclLossInputs, type KmclLossTerms } from './reference.js';
 export { KmmHead, kmmHead, type KmmCovariance, type KmmHeadConfig, type KmmMode } from './head.js';
 export { buildKmclModel, decays, oneCycleLr, trainKmcl, WeightEma, type StepInfo, type TrainKmclConfig, type TrainKmclResult } from './train.js';
+export { KmclPack, kmclFitLoss, kmclPackedLayout, packKmclOutputs, unpackKmclOutputs, type KmclLayoutConfig, type KmclPackedLayout } from './fit.js';
 export * from '../metrics.js';
 export * from '../index.js';
