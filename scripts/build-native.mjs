@@ -96,7 +96,7 @@ function run(args) {
   }
 }
 
-/** What the built addon contains, from the addon itself (info()) and, when present, cuobjdump. */
+/** What the built addon contains, from the addon itself: info() and its fatbin headers. */
 function describeAddon() {
   const probe = spawnSync(
     process.execPath,
@@ -114,17 +114,27 @@ function describeAddon() {
   return `${cpu}; CUDA ${cudaArchs()}`;
 }
 
+/** The device code in the addon's fatbins (magic 0xBA55ED50; entry kind 1 = PTX, 2 = SASS). */
 function cudaArchs() {
-  const list = (flag) => {
-    const r = spawnSync('cuobjdump', [flag, addon], { encoding: 'utf8' });
-    if (r.status !== 0 || r.error) return undefined;
-    return [...new Set([...r.stdout.matchAll(/\.(sm_\d+a?|compute_\d+a?)\./g)].map((m) => m[1]))];
-  };
-  const sass = list('--list-elf');
-  const ptx = list('--list-ptx');
-  if (sass && ptx) return `SASS ${sass.join(' ') || 'none'}, PTX ${ptx.join(' ') || 'none'}`;
-  const cached = readFileSync(cache, 'utf8').match(/^CMAKE_CUDA_ARCHITECTURES:\w+=(.*)$/m);
-  return `architectures ${cached ? cached[1] : 'unknown'} (CMakeCache.txt; cuobjdump not on PATH)`;
+  const bin = readFileSync(addon);
+  const magic = Buffer.from([0x50, 0xed, 0x55, 0xba]);
+  const sass = new Set();
+  const ptx = new Set();
+  let compressed = true;
+  for (let i = bin.indexOf(magic); i >= 0; i = bin.indexOf(magic, i + 4)) {
+    const headerSize = bin.readUInt16LE(i + 6);
+    const size = Number(bin.readBigUInt64LE(i + 8));
+    for (let j = i + headerSize; j < i + headerSize + size; ) {
+      const kind = bin.readUInt16LE(j);
+      if (kind !== 1 && kind !== 2) break;
+      const arch = bin.readUInt32LE(j + 28);
+      (kind === 1 ? ptx : sass).add(arch);
+      if ((Number(bin.readBigUInt64LE(j + 40)) & 0x8000) === 0) compressed = false;
+      j += bin.readUInt32LE(j + 4) + bin.readUInt32LE(j + 8);
+    }
+  }
+  const list = (set, prefix) => [...set].sort((a, b) => a - b).map((a) => `${prefix}_${a}`).join(' ') || 'none';
+  return `SASS ${list(sass, 'sm')}, PTX ${list(ptx, 'compute')}${sass.size + ptx.size ? (compressed ? ', compressed' : ', not compressed') : ''}`;
 }
 
 function fail(what, fix) {

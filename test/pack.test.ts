@@ -259,6 +259,24 @@ describe('packed tarballs in a fresh project without a compiler', () => {
     expect(message).toMatch(/npx kmcl build/);
   });
 
+  it("refuses a platform package whose version is not kmcl's", () => {
+    // A platform package of another version, put where npm would put it (a copy of the real one).
+    const dir = join(appNoOptional, 'node_modules', platformName);
+    mkdirSync(dir, { recursive: true });
+    const real = join(app, 'node_modules', platformName);
+    writeFileSync(join(dir, 'kmcl.node'), readFileSync(join(real, 'kmcl.node')));
+    writeFileSync(join(dir, 'package.json'), JSON.stringify({ ...JSON.parse(readFileSync(join(real, 'package.json'), 'utf8')), version: '0.0.1' }));
+    try {
+      const r = node(appNoOptional, ['-e', "const i = require('kmcl').backendInfo(); console.log(JSON.stringify(i.native))"]);
+      expect(r.status, r.stderr).toBe(0);
+      const native = JSON.parse(r.stdout);
+      expect(native.loaded).toBe(false);
+      expect(native.error).toContain(`${platformName}@0.0.1 does not match kmcl@${pkg.version}; install ${platformName}@${pkg.version}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it.runIf(process.platform === 'linux')('the addon needs only glibc and libstdc++ (highest versions as the README states) and links no libcuda/libcudart', () => {
     const addon = join(app, 'node_modules', platformName, 'kmcl.node');
     const dyn = spawnSync('objdump', ['-T', addon], { encoding: 'utf8' });
