@@ -9,6 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { problemFromFile } from './fixture.js';
 import { describe } from './options.js';
+import { buildCommand } from './build.js';
 import { backendInfo } from './native.js';
 import { kmclLossRaw, type Device } from './raw.js';
 
@@ -155,6 +156,7 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(version() + '\n');
       return 0;
     }
+    if (command === 'build') return buildCommand(rest);
     if (command === 'info') {
       if (rest.length) throw new UsageError(`kmcl info takes no arguments, got "${rest.join(' ')}"`);
       process.stdout.write(JSON.stringify(backendInfo(), null, 2) + '\n');

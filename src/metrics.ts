@@ -1,5 +1,5 @@
 /**
- * Multilabel evaluation metrics (spec/kmcl-loss.md, last section): mean average precision over
+ * Multilabel evaluation metrics (docs/kmcl-loss.md, last section): mean average precision over
  * classes, and CP / CR / CF1 / OP / OR / OF1 at a score threshold and for the top-k classes of
  * each sample, with the definitions of the ML-GCN / ASL evaluation code.
  *

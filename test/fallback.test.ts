@@ -24,7 +24,8 @@ describe('without the native addon', () => {
     const { message, info } = JSON.parse(r.stdout);
     expect(message).toMatch(/native addon could not be loaded/);
     expect(message).toMatch(/\/nonexistent\/kmcl\.node: not found/);
-    expect(message).toMatch(/npm rebuild kmcl/);
+    expect(message).toMatch(/npx kmcl build/);
+    expect(message).toMatch(/optional dependency @kmcl\/[a-z0-9]+-[a-z0-9]+/);
     expect(info.native.loaded).toBe(false);
     expect(info.cuda.usable).toBe(false);
   });

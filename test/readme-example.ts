@@ -12,7 +12,7 @@ const y = tf.tidy(() => tf.cast(tf.greater(tf.matMul(x, tf.randomNormal([16, 5],
 
 // The op on its own: loss parts as scalars; gradients flow when a tape records.
 const [logits, mu, variance, features] = model.predict(x) as tf.Tensor[];
-const parts = kmclLoss({ features, logits, mu, variance, labels: y } as Parameters<typeof kmclLoss>[0], { temperature: 0.17 });
+const parts = kmclLoss({ features, logits, mu, variance, labels: y }, { temperature: 0.17 });
 console.log('initial loss', parts.loss.dataSync()[0], 'contrastive', parts.contrastive.dataSync()[0]);
 tf.dispose([logits, mu, variance, features, ...Object.values(parts)]); // the caller owns all four scalars
 

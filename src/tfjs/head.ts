@@ -1,5 +1,5 @@
 /**
- * The KMM head of spec/kmcl-loss.md ("The KMM head that produces these inputs") as a
+ * The KMM head of docs/kmcl-loss.md ("The KMM head that produces these inputs") as a
  * tfjs-layers layer: from encoder features it produces the per-class Gaussian kernels
  * (`mu`, `variance`) and the classification `logits` that the KMCL loss consumes.
  */

@@ -9,6 +9,13 @@ import { checkDevice, type Device } from '../raw.js';
 import { KERNEL_BACKENDS, KMCL_LOSS, registerKmclKernels, type KmclLossAttrs } from './kernel.js';
 import { checkKmclInputs, kmclLossReference, type KmclLossInputs, type KmclLossTerms } from './reference.js';
 
+/**
+ * The op's inputs: the spec's tensors (see {@link KmclLossInputs} for their shapes) typed as
+ * `tf.Tensor` of any rank, so that model outputs (`tf.Tensor[]`) pass without casts. Ranks and
+ * shapes are checked at run time, before any work, with errors that name the tensor.
+ */
+export type KmclOpInputs = { [Name in keyof KmclLossInputs]: tf.Tensor };
+
 export interface KmclOpOptions extends KmclLossOptions {
   /** 'auto' (default): CUDA when usable, else the CPU. The data is read from the tfjs backend either way. */
   device?: Device;
@@ -74,9 +81,9 @@ function checkFeaturesBatch(inputs: KmclLossInputs): void {
  * `options.fallback: 'error'` (or `KMCL_FALLBACK=error`) it throws instead. `options` may be
  * omitted, undefined or null (the defaults).
  */
-export function kmclLoss(inputs: KmclLossInputs, options: KmclOpOptions | null = {}): KmclLossTerms {
+export function kmclLoss(inputs: KmclOpInputs, options: KmclOpOptions | null = {}): KmclLossTerms {
   const opts: KmclOpOptions = options ?? {};
-  if (inputs !== null && typeof inputs === 'object') checkFeaturesBatch(inputs);
+  if (inputs !== null && typeof inputs === 'object') checkFeaturesBatch(inputs as KmclLossInputs);
   checkKmclInputs(inputs, 'kmclLoss');
   const resolved = resolveOptions(opts, ['device', 'fallback']);
   const device = checkDevice(opts.device);
@@ -94,7 +101,7 @@ export function kmclLoss(inputs: KmclLossInputs, options: KmclOpOptions | null =
       );
     }
     const { device: _device, fallback: _fallback, ...lossOptions } = opts;
-    return kmclLossReference(inputs, lossOptions);
+    return kmclLossReference(inputs as KmclLossInputs, lossOptions);
   }
   const computeGradients = tf.engine().isTapeOn();
   const attrs: KmclLossAttrs = { options: resolved, computeGradients, device };

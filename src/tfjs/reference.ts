@@ -1,5 +1,5 @@
 /**
- * The KMCL loss of spec/kmcl-loss.md written in plain @tensorflow/tfjs ops.
+ * The KMCL loss of docs/kmcl-loss.md written in plain @tensorflow/tfjs ops.
  *
  * tfjs autodiff differentiates it, so it is at the same time
  * - the oracle for the parity tests of the native (C++ / CUDA) kernels,
@@ -259,7 +259,7 @@ function contrastiveTerm(mu: tf.Tensor3D, v: tf.Tensor3D, y: tf.Tensor2D, dims: 
 }
 
 /**
- * The KMCL loss (spec/kmcl-loss.md) in plain tfjs ops, differentiable by tfjs autodiff.
+ * The KMCL loss (docs/kmcl-loss.md) in plain tfjs ops, differentiable by tfjs autodiff.
  *
  * Computes the asymmetric loss, the kernel reconstruction loss and the Bhattacharyya
  * contrastive loss with every option of the spec (see {@link KmclLossOptions}; resolved and
