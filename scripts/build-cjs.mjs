@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // The CommonJS build of kmcl (dist/cjs), for `require('kmcl')` and `require('kmcl/tfjs')`:
 // tsc with tsconfig.cjs.json, a package.json marking the folder as CommonJS, and the one
-// `import.meta.url` of src/native.ts replaced by the file URL of `__filename`.
+// `import.meta.url` of src/native.ts replaced by the file URL of `__filename`. The CLI (src/cli.ts,
+// an ES module with top-level await) is left out: its bin is dist/cli.js.
 import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';

@@ -19,6 +19,8 @@ const USAGE = `usage:
       prints { loss, asl, reconstruction, contrastive, gradients } as JSON
   kmcl info
       prints which backends this build has and which device is usable
+  kmcl build [--cpu-only] [--jobs N] [--cuda-architectures LIST] [--verbose]
+      builds the native addon from source into build/Release/kmcl.node (incremental)
   kmcl --version
       prints the version of kmcl`;
 
