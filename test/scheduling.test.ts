@@ -10,6 +10,9 @@ import { describeExit, runChild } from './child.js';
 import { randomProblem, type RandomProblemSpec } from './helpers.js';
 
 const MEDIUM: RandomProblemSpec = { seed: 31, B: 200, K: 16, M: 32, D: 32, Kv: 16, Dv: 32, positives: 3 };
+// About 120 ms a call on the SIMD CPU path of the 2-core build machine: long enough that the
+// ordering tests below do not depend on how fast the machine is or how loaded.
+const SLOW: RandomProblemSpec = { ...MEDIUM, B: 600, M: 64, D: 64, Dv: 64 };
 const cpu = { device: 'cpu' as const };
 
 function startWorker(mode: 'sync' | 'async' | 'queue', spec: RandomProblemSpec, queue?: number): Worker {
@@ -19,7 +22,7 @@ function startWorker(mode: 'sync' | 'async' | 'queue', spec: RandomProblemSpec, 
 
 describe("kmcl's own job queue", () => {
   it("queued async calls leave libuv's thread pool free: fs.readFile settles before the second job", async () => {
-    const p = randomProblem(MEDIUM);
+    const p = randomProblem(SLOW);
     const order: string[] = [];
     const jobs = Array.from({ length: 8 }, (_, j) => kmclLossRawAsync(p, cpu).then(() => order.push(`job${j}`)));
     const io = Promise.all([readFile(new URL('../package.json', import.meta.url)), readFile(new URL('./helpers.ts', import.meta.url))]).then(() =>
@@ -30,18 +33,19 @@ describe("kmcl's own job queue", () => {
   });
 
   it('a sync call made while 8 async calls are queued waits for at most the running one', async () => {
-    const p = randomProblem(MEDIUM);
+    const p = randomProblem(SLOW);
     const expected = kmclLossRaw(p, cpu);
     const jobs = Array.from({ length: 8 }, () => kmclLossRawAsync(p, cpu));
     await new Promise((r) => setTimeout(r, 5));
     // `started` counts jobs that got the compute lock. The sync call takes its turn after the job
-    // holding the lock and at most one that was already waiting for it, never after the queue.
+    // holding the lock or about to take it, never after the queue; one more job may take the lock
+    // between the sync call's return and the read below. Without the FIFO lock it could be all 8.
     const before = asyncJobStats();
     const r = kmclLossRaw(p, cpu);
     const startedDuringSync = asyncJobStats().started - before.started;
     expect(r.loss).toBe(expected.loss);
     expect(before.queued).toBeGreaterThanOrEqual(5);
-    expect(startedDuringSync).toBeLessThanOrEqual(1);
+    expect(startedDuringSync).toBeLessThanOrEqual(2);
     for (const j of await Promise.all(jobs)) expect(j.loss).toBe(expected.loss);
   });
 
