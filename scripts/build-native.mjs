@@ -109,7 +109,9 @@ function describeAddon() {
   } catch {
     return `but it does not load: ${(probe.stderr || '').split('\n').find((l) => l.trim()) ?? 'no output'}`;
   }
-  const cpu = info.cpu?.isa ? `CPU (${[].concat(info.cpu.isa).join(', ')})` : 'CPU';
+  // The CPU kernels compiled in, and the one this machine's CPU runs.
+  const isas = info.cpu?.isaCompiled ?? [];
+  const cpu = info.cpu?.isa ? `CPU ${isas.join(' ')} (this CPU: ${info.cpu.isa})` : 'CPU';
   if (!info.cuda?.compiled) return `${cpu}; no CUDA path`;
   return `${cpu}; CUDA ${cudaArchs()}`;
 }

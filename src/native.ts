@@ -44,7 +44,7 @@ export interface NativeAddon {
   compute(problem: NativeProblem, options: object, gradients: boolean, device: 'cpu' | 'cuda'): NativeResult;
   computeF64(problem: NativeProblem<Float64Array>, options: object, gradients: boolean, device: 'cpu'): NativeResult<Float64Array>;
   computeAsync(problem: NativeProblem, options: object, gradients: boolean, device: 'cpu' | 'cuda'): Promise<NativeResult>;
-  info(): { cpu: { threads: number; threadsError?: string; isa: CpuIsa; isaAvailable: CpuIsa[]; isaError?: string }; cuda: NativeCudaInfo; napiVersion: number };
+  info(): { cpu: { threads: number; threadsError?: string; isa: CpuIsa; isaAvailable: CpuIsa[]; isaCompiled: CpuIsa[]; isaError?: string }; cuda: NativeCudaInfo; napiVersion: number };
   releaseDeviceMemory(): void;
 }
 
@@ -214,6 +214,8 @@ export interface BackendInfo {
     isa?: CpuIsa;
     /** The instruction sets compiled in and supported by this CPU. */
     isaAvailable?: CpuIsa[];
+    /** The instruction sets compiled into this build. */
+    isaCompiled?: CpuIsa[];
     /** Why KMCL_CPU_ISA cannot be used (native calls then fail with this message). */
     isaError?: string;
   };
@@ -243,6 +245,7 @@ export function backendInfo(): BackendInfo {
       ...(info.cpu.threadsError ? { threadsError: info.cpu.threadsError } : {}),
       isa: info.cpu.isa,
       isaAvailable: info.cpu.isaAvailable,
+      isaCompiled: info.cpu.isaCompiled,
       ...(info.cpu.isaError ? { isaError: info.cpu.isaError } : {}),
     },
     cuda: info.cuda,

@@ -559,6 +559,9 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Array isas = Napi::Array::New(env, isa.available.size());
   for (size_t j = 0; j < isa.available.size(); ++j) isas.Set(uint32_t(j), isa.available[j]);
   cpu.Set("isaAvailable", isas);
+  Napi::Array compiled = Napi::Array::New(env, isa.compiled.size());
+  for (size_t j = 0; j < isa.compiled.size(); ++j) compiled.Set(uint32_t(j), isa.compiled[j]);
+  cpu.Set("isaCompiled", compiled);
   if (!isa.error.empty()) cpu.Set("isaError", isa.error);
   out.Set("cpu", cpu);
   const kmcl::CudaInfo c = kmcl::cudaInfo();
