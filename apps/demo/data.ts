@@ -466,7 +466,7 @@ function drawCells(rng: Rng, design: CoOccurrenceDesign, cells: Int8Array, weigh
 }
 
 /** Cycles through a class's source digits of one split in shuffled order, reshuffling each pass. */
-class ClassPool {
+export class ClassPool {
   private cursor = 0;
   constructor(
     private readonly indices: Int32Array,

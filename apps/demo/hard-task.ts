@@ -40,6 +40,7 @@
  */
 import { createRng, type Rng } from '../../dev/seeded-random.js';
 import {
+  ClassPool,
   computeLabelStats,
   DIGIT_PIXELS,
   DIGIT_SIZE,
@@ -182,26 +183,6 @@ function drawLabels(rng: Rng, design: GridDesign, weights: Float64Array): number
     chosen.push(rng.pickWeighted(weights));
   }
   return chosen;
-}
-
-class ClassPool {
-  private cursor = 0;
-  constructor(
-    private readonly indices: Int32Array,
-    private readonly rng: Rng,
-  ) {
-    rng.shuffle(this.indices);
-  }
-  get size(): number {
-    return this.indices.length;
-  }
-  next(): number {
-    if (this.cursor === this.indices.length) {
-      this.rng.shuffle(this.indices);
-      this.cursor = 0;
-    }
-    return this.indices[this.cursor++];
-  }
 }
 
 /** Copies a 10×10 pooled digit into the image at cell c, shifted by (dx, dy), masked by `keep`. */
