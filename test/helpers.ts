@@ -49,6 +49,34 @@ export function termClose(actual: number, expected: number): boolean {
 
 export { mulberry32 };
 
+/**
+ * Seeded multilabel data for the training tests: x uniform in [-1, 1), [n, F]; label k is 1 when a
+ * fixed random projection of x (the same "world" for every split, from `worldSeed`), plus uniform
+ * noise of width `noise` when given, exceeds `threshold`.
+ */
+export function projectionData(
+  n: number,
+  seed: number,
+  o: { F: number; K: number; worldSeed: number; threshold: number; noise?: number },
+): { x: Float32Array; y: Float32Array } {
+  const { F, K } = o;
+  const rnd = mulberry32(seed);
+  const w = mulberry32(o.worldSeed);
+  const proj = Array.from({ length: K * F }, () => w() * 2 - 1);
+  const x = new Float32Array(n * F);
+  const y = new Float32Array(n * K);
+  for (let i = 0; i < n; i++) {
+    for (let f = 0; f < F; f++) x[i * F + f] = rnd() * 2 - 1;
+    for (let k = 0; k < K; k++) {
+      let s = 0;
+      for (let f = 0; f < F; f++) s += proj[k * F + f] * x[i * F + f];
+      if (o.noise) s += o.noise * (rnd() - 0.5);
+      y[i * K + k] = s > o.threshold ? 1 : 0;
+    }
+  }
+  return { x, y };
+}
+
 export interface RandomProblemSpec {
   seed: number;
   B: number;

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { buildKmclModel, decays, kmclLoss, kmclLossReference, meanAveragePrecision, oneCycleLr, trainKmcl, type KmclLossInputs } from '../src/tfjs/index.js';
-import { mulberry32, relNorm } from './helpers.js';
+import { projectionData, relNorm } from './helpers.js';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
@@ -10,19 +10,7 @@ beforeAll(async () => {
 
 /** A seeded synthetic multilabel problem: labels are noisy linear functions of the inputs. */
 function synthetic(n: number, seed: number, F = 16, K = 5) {
-  const rnd = mulberry32(seed);
-  const w = mulberry32(7); // the same "world" for every split
-  const proj = Array.from({ length: K * F }, () => w() * 2 - 1);
-  const x = new Float32Array(n * F);
-  const y = new Float32Array(n * K);
-  for (let i = 0; i < n; i++) {
-    for (let f = 0; f < F; f++) x[i * F + f] = rnd() * 2 - 1;
-    for (let k = 0; k < K; k++) {
-      let s = 0;
-      for (let f = 0; f < F; f++) s += proj[k * F + f] * x[i * F + f];
-      y[i * K + k] = s + 0.5 * (rnd() - 0.5) > 0.8 ? 1 : 0;
-    }
-  }
+  const { x, y } = projectionData(n, seed, { F, K, worldSeed: 7, threshold: 0.8, noise: 0.5 });
   return { x: tf.tensor2d(x, [n, F]), y: tf.tensor2d(y, [n, K]), F, K };
 }
 
