@@ -243,11 +243,10 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
   sd.K = K;
   sd.D = D;
   sd.Bp = (B + kW - 1) / kW * kW;
-  sd.Dp = iso ? 1 : (D + kW - 1) / kW * kW;
-  sd.vdim = iso ? 1 : (vdim ? sd.Dp : 1);
-  const int64_t Bp = sd.Bp, Dp = sd.Dp, vd_ = sd.vdim;
-  const int64_t muN = iso ? K * Bp : K * B * Dp;
-  const int64_t varN = iso ? K * Bp : K * B * vd_;
+  sd.varRows = vdim ? D : 1;
+  const int64_t Bp = sd.Bp, varRows = sd.varRows;
+  const int64_t muN = K * D * Bp;
+  const int64_t varN = K * varRows * Bp;
   if (int64_t(sd.mu.size()) < muN) sd.mu.resize(muN);
   if (int64_t(sd.var.size()) < varN) {
     sd.var.resize(varN);
@@ -258,41 +257,23 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
     zeroed(sd.gmu, muN);
     zeroed(sd.gvar, varN);
   }
+  // Class-major copies in tiles of kW partners (cpu_simd.inc, SimdData).
   ThreadPool::instance().run(threads, K, [&](int64_t k) {
-    if (iso) {
-      float* mu = sd.mu.data() + k * Bp;
-      float* v = sd.var.data() + k * Bp;
-      float* iv = sd.ivar.data() + k * Bp;
-      for (int64_t l = 0; l < B; ++l) {
-        const int64_t ov = c.varOffset(l, k);
-        mu[l] = p.mu[l * K + k];
-        v[l] = p.variance[ov];
-        iv[l] = c.invVariance[ov];
-      }
-      for (int64_t l = B; l < Bp; ++l) {
-        mu[l] = 0.0f;
-        v[l] = iv[l] = 1.0f;
-      }
-      return;
-    }
+    float* mu = sd.mu.data() + k * D * Bp;
+    float* v = sd.var.data() + k * varRows * Bp;
+    float* iv = sd.ivar.data() + k * varRows * Bp;
     for (int64_t l = 0; l < B; ++l) {
-      float* mu = sd.mu.data() + (k * B + l) * Dp;
       const float* src = c.muRow(l, k);
-      for (int64_t m = 0; m < D; ++m) mu[m] = src[m];
-      for (int64_t m = D; m < Dp; ++m) mu[m] = 0.0f;
-      float* v = sd.var.data() + (k * B + l) * vd_;
-      float* iv = sd.ivar.data() + (k * B + l) * vd_;
+      for (int64_t m = 0; m < D; ++m) mu[tileOffset(l, m, D)] = src[m];
       const int64_t ov = c.varOffset(l, k);
-      if (vdim) {
-        for (int64_t m = 0; m < D; ++m) {
-          v[m] = p.variance[ov + m];
-          iv[m] = c.invVariance[ov + m];
-        }
-        for (int64_t m = D; m < Dp; ++m) v[m] = iv[m] = 1.0f;
-      } else {
-        v[0] = p.variance[ov];
-        iv[0] = c.invVariance[ov];
+      for (int64_t m = 0; m < varRows; ++m) {
+        v[tileOffset(l, m, varRows)] = p.variance[ov + m];
+        iv[tileOffset(l, m, varRows)] = c.invVariance[ov + m];
       }
+    }
+    for (int64_t l = B; l < Bp; ++l) {
+      for (int64_t m = 0; m < D; ++m) mu[tileOffset(l, m, D)] = 0.0f;
+      for (int64_t m = 0; m < varRows; ++m) v[tileOffset(l, m, varRows)] = iv[tileOffset(l, m, varRows)] = 1.0f;
     }
   });
   zeroed(ws.conIK, B * K);
@@ -332,16 +313,11 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
     forEachRow(threads, B, [&](int64_t l) {
       for (int64_t k = 0; k < K; ++k) {
         const int64_t ov = c.varOffset(l, k);
-        if (iso) {
-          gMu[l * K + k] += sd.gmu[k * Bp + l];
-          gVar[ov] += sd.gvar[k * Bp + l];
-          continue;
-        }
-        const double* gm = sd.gmu.data() + (k * B + l) * Dp;
+        const double* gm = sd.gmu.data() + k * D * Bp;
         double* out = gMu + (l * K + k) * D;
-        for (int64_t m = 0; m < D; ++m) out[m] += gm[m];
-        const double* gv = sd.gvar.data() + (k * B + l) * vd_;
-        for (int64_t m = 0; m < Dv; ++m) gVar[ov + m] += gv[m];
+        for (int64_t m = 0; m < D; ++m) out[m] += gm[tileOffset(l, m, D)];
+        const double* gv = sd.gvar.data() + k * varRows * Bp;
+        for (int64_t m = 0; m < varRows; ++m) gVar[ov + m] += gv[tileOffset(l, m, varRows)];
       }
     });
   }
