@@ -27,6 +27,26 @@ function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T): T {
   }
 }
 
+// The B = 1500 shared-variance problems and their float64 results, made once for all ISAs.
+const chunked = new Map<string, { p32: Parameters<typeof kmclLossRaw>[0]; ref: KmclRawResult }>();
+function chunkedProblem(D: number, Dv: number) {
+  const key = `${D},${Dv}`;
+  let e = chunked.get(key);
+  if (!e) {
+    const p64 = randomProblem({ seed: 90 + D + Dv, B: 1500, K: 6, M: 6, D, Kv: 1, Dv, positives: 3 }, Float64Array);
+    const p32 = Object.fromEntries(
+      Object.entries(p64).map(([k, x]) => [k, x instanceof Float64Array ? Float32Array.from(x) : x]),
+    ) as unknown as Parameters<typeof kmclLossRaw>[0];
+    const ref = kmclLossRawFloat64(
+      Object.fromEntries(Object.entries(p32).map(([k, x]) => [k, x instanceof Float32Array ? Float64Array.from(x) : x])) as never,
+      {},
+    );
+    e = { p32, ref };
+    chunked.set(key, e);
+  }
+  return e;
+}
+
 const info = backendInfo();
 const isas = info.cpu.isaAvailable ?? [];
 
@@ -67,6 +87,27 @@ describe('CPU instruction sets', () => {
             Object.fromEntries(Object.entries(p32).map(([k, v]) => [k, v instanceof Float32Array ? Float64Array.from(v) : v])) as never,
             {},
           );
+          const runs: KmclRawResult[] = [];
+          for (const n of ['1', '2', '3', '8']) runs.push(withEnv({ KMCL_CPU_ISA: isa, KMCL_NUM_THREADS: n }, () => kmclLossRaw(p32, { device: 'cpu' })));
+          expect(ref.contrastive).toBeGreaterThan(0);
+          for (const t of TERMS) expect(Math.abs(runs[0][t] - ref[t]), t).toBeLessThanOrEqual(1e-6 * Math.abs(ref[t]) + 1e-9);
+          for (const g of GRADS) expect(relNorm(runs[0].gradients![g], ref.gradients![g]), `d/d${g}`).toBeLessThan(1e-5);
+          for (const r of runs.slice(1)) {
+            for (const t of TERMS) expect(r[t]).toBe(runs[0][t]);
+            for (const g of GRADS) expect(r.gradients![g]).toEqual(runs[0].gradients![g]);
+          }
+        });
+      }
+      // A variance shared by all classes (Kv = 1): the class-independent pair terms are computed
+      // once per sample pair, for chunks of anchor samples (at most 16 MiB of them: at B = 1500,
+      // two chunks), so the chunk boundary is crossed here.
+      for (const layout of [
+        { name: 'isotropic [B,1,1]', D: 1, Dv: 1 },
+        { name: 'anisotropic [B,1,M]', D: 6, Dv: 6 },
+        { name: 'anisotropic [B,1,1]', D: 6, Dv: 1 },
+      ]) {
+        it(`${layout.name} at B = 1500 (shared pair terms in two chunks): within tolerance of float64, bitwise equal for 1, 2, 3, 8 threads`, () => {
+          const { p32, ref } = chunkedProblem(layout.D, layout.Dv);
           const runs: KmclRawResult[] = [];
           for (const n of ['1', '2', '3', '8']) runs.push(withEnv({ KMCL_CPU_ISA: isa, KMCL_NUM_THREADS: n }, () => kmclLossRaw(p32, { device: 'cpu' })));
           expect(ref.contrastive).toBeGreaterThan(0);

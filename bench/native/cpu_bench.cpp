@@ -18,10 +18,19 @@
 //
 //   isotropic, per (anchor row, partner):   forward  1 div + 1 log1p + 2 exp + 14 fma-class
 //                                           gradient 1 div + 18 fma-class + 4 accumulations
-//   anisotropic, per (row, partner, dim):   forward  1 div + 1/8 log + 12 fma-class (the log of
-//                                           a product of 8 vectors' factors, one per lane)
+//     shared variance (Kv = 1):             forward  2 exp + 10 fma-class, plus per (anchor
+//                                           sample, partner) 1 div + 1 log1p + 6 fma-class
+//                                           gradient 18 fma-class + 4 accumulations
+//   anisotropic, variance per dim (Dv = D), per (row, partner, dim):
+//                                           forward  1 div + 1/8 log + 12 fma-class (the log of
+//                                           a product of 8 dims' factors, one per lane)
 //                                           gradient 1 div + 16 fma-class + 2 accumulations
-//                                           (row i's own sums are float over 16 partners)
+//                                           (row i's own sums are float over 16 partner vectors)
+//     shared variance (Kv = 1):             forward  1 div + 4 fma-class, plus per (anchor
+//                                           sample, partner, dim) 1/8 log + 9 fma-class
+//   anisotropic, one variance per row (Dv = 1), per (row, partner, dim):
+//                                           forward  2 fma-class; gradient 5 fma-class +
+//                                           1 accumulation (the per-pair scalars left out)
 //
 // Floors are CPU time (the work of all threads at one thread's rates) and "% floor" = floor / the
 // measured process CPU time of that part (CLOCK_PROCESS_CPUTIME_ID: time other programs take on a
@@ -196,6 +205,19 @@ int64_t anchorRows(const Data& d) {
   return rows;
 }
 
+// Samples with at least one positive label (the shared-variance pair terms are computed for them).
+int64_t labelledSamples(const Data& d) {
+  const int64_t B = d.shape.batch, K = d.shape.classes;
+  int64_t n = 0;
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t k = 0; k < K; ++k)
+      if (d.labels[i * K + k] != 0) {
+        ++n;
+        break;
+      }
+  return n;
+}
+
 std::vector<Config> grid(const std::string& name) {
   if (name == "quick") return {{256, 20, 128, 1, 20, 1}, {128, 20, 64, 64, 20, 64}};
   if (name == "targets")
@@ -297,10 +319,24 @@ int main(int argc, char** argv) {
       if (setenv("KMCL_CPU_ISA", isas[r].c_str(), 1) != 0) return 2;
       const Timing t = timeIt(d, threads, runs, minMs);
       const kmcl::CpuOpRates& q = rates[r];
-      const double fwdFloorNs = iso ? q.div + q.log1p + 2 * q.exp + 14 * q.fma : q.div + q.log1p / 8 + 12 * q.fma;
-      const double gradFloorNs = iso ? q.div + 18 * q.fma + 4 * q.accum : q.div + 16 * q.fma + 2 * q.accum;
-      // Floors in CPU time (one thread's rates, all threads' work), compared with CPU time.
-      const double fwdFloorMs = elems * fwdFloorNs * 1e-6;
+      // The op mixes of the comment at the top; floors in CPU time (one thread's rates, all
+      // threads' work), compared with CPU time.
+      const bool shared = d.shape.varianceClasses == 1, vdim = d.shape.varianceDim > 1;
+      const double tableElems = double(labelledSamples(d)) * double(d.shape.batch) * double(iso ? 1 : d.shape.muDim);
+      double fwdFloorNs, gradFloorNs, tableNs = 0;
+      if (iso) {
+        fwdFloorNs = shared ? 2 * q.exp + 10 * q.fma : q.div + q.log1p + 2 * q.exp + 14 * q.fma;
+        gradFloorNs = shared ? 18 * q.fma + 4 * q.accum : q.div + 18 * q.fma + 4 * q.accum;
+        if (shared) tableNs = q.div + q.log1p + 6 * q.fma;
+      } else if (vdim) {
+        fwdFloorNs = shared ? q.div + 4 * q.fma : q.div + q.log1p / 8 + 12 * q.fma;
+        gradFloorNs = q.div + 16 * q.fma + 2 * q.accum;
+        if (shared) tableNs = q.log1p / 8 + 9 * q.fma;
+      } else {
+        fwdFloorNs = 2 * q.fma;
+        gradFloorNs = 5 * q.fma + q.accum;
+      }
+      const double fwdFloorMs = (elems * fwdFloorNs + tableElems * tableNs) * 1e-6;
       const double gradFloorMs = elems * gradFloorNs * 1e-6;
       const double gradMs = t.fwdBwdMs - t.fwdMs;
       const double gradCpuMs = t.fwdBwdCpuMs - t.fwdCpuMs;

@@ -204,6 +204,7 @@ struct Workspace {
   std::vector<uint8_t> active;
   std::vector<int32_t> classAnchors;
   SimdData sd;
+  std::vector<float> hL, hR;  // shared variance: class-independent pair terms of a chunk of samples
 };
 
 template <class V>
@@ -286,19 +287,65 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
   args0.invTau = float(invTau);
   args0.logEps = o.logEps;
   args0.wantGrad = wantGradC;
-  ThreadPool::instance().run(threads, K, [&](int64_t k) {
-    ClassArgs a = args0;
-    a.anchors = ws.classAnchors.data() + ws.classStart[k];
-    a.n = ws.classStart[k + 1] - ws.classStart[k];
-    if (a.n == 0) return;
+  auto sweepClass = [&](int64_t k, ClassArgs& a) {
+    const bool sh = a.hL != nullptr;
+    double* con = ws.conIK.data();
+    double* q = ws.Q.data();
+    const double* coef = ws.coef.data();
     if (iso) {
-      classSweeps<true, false>(k, c, sd, a, ws.conIK.data(), ws.Q.data(), ws.coef.data());
+      if (sh) classSweeps<true, false, true>(k, c, sd, a, con, q, coef);
+      else classSweeps<true, false, false>(k, c, sd, a, con, q, coef);
     } else if (vdim) {
-      classSweeps<false, true>(k, c, sd, a, ws.conIK.data(), ws.Q.data(), ws.coef.data());
+      if (sh) classSweeps<false, true, true>(k, c, sd, a, con, q, coef);
+      else classSweeps<false, true, false>(k, c, sd, a, con, q, coef);
     } else {
-      classSweeps<false, false>(k, c, sd, a, ws.conIK.data(), ws.Q.data(), ws.coef.data());
+      if (sh) classSweeps<false, false, true>(k, c, sd, a, con, q, coef);
+      else classSweeps<false, false, false>(k, c, sd, a, con, q, coef);
     }
-  });
+  };
+  if (c.Kv != 1) {
+    ThreadPool::instance().run(threads, K, [&](int64_t k) {
+      ClassArgs a = args0;
+      a.anchors = ws.classAnchors.data() + ws.classStart[k];
+      a.n = ws.classStart[k + 1] - ws.classStart[k];
+      a.rowBegin = 0;
+      a.rowEnd = a.n;
+      if (a.n > 0) sweepClass(k, a);
+    });
+  } else {
+    // Shared variance (Kv = 1): the class-independent pair terms once per sample pair
+    // (sharedPairTerms), for chunks of anchor samples (a table of at most 16 MiB: 2 floats per
+    // pair, at least 64 samples), then every class's anchor rows of that chunk. The chunk size
+    // depends on B only, so the order of every sum stays independent of the threads.
+    const int64_t chunk = std::min<int64_t>(B, std::max<int64_t>(64, (int64_t(16) << 20) / (8 * Bp)));
+    if (int64_t(ws.hL.size()) < chunk * Bp) {
+      ws.hL.resize(chunk * Bp);
+      ws.hR.resize(chunk * Bp);
+    }
+    for (int64_t c0 = 0; c0 < B; c0 += chunk) {
+      const int64_t c1 = std::min(B, c0 + chunk);
+      ThreadPool::instance().run(threads, c1 - c0, [&](int64_t r) {
+        const int64_t i = c0 + r;
+        if (c.labelCount[i] == 0) return;
+        float* L = ws.hL.data() + r * Bp;
+        float* R = ws.hR.data() + r * Bp;
+        if (iso) sharedPairTerms<true, false>(sd, i, L, R);
+        else if (vdim) sharedPairTerms<false, true>(sd, i, L, R);
+        else sharedPairTerms<false, false>(sd, i, L, R);
+      });
+      ThreadPool::instance().run(threads, K, [&](int64_t k) {
+        ClassArgs a = args0;
+        a.anchors = ws.classAnchors.data() + ws.classStart[k];
+        a.n = ws.classStart[k + 1] - ws.classStart[k];
+        a.rowBegin = std::lower_bound(a.anchors, a.anchors + a.n, int32_t(c0)) - a.anchors;
+        a.rowEnd = std::lower_bound(a.anchors, a.anchors + a.n, int32_t(c1)) - a.anchors;
+        a.hL = ws.hL.data();
+        a.hR = ws.hR.data();
+        a.hRow0 = c0;
+        if (a.rowEnd > a.rowBegin) sweepClass(k, a);
+      });
+    }
+  }
   double contrastive = 0;
   for (int64_t i = 0; i < B; ++i) {
     if (c.anchorSize[i] == 0) continue;
