@@ -10,7 +10,9 @@
 // inputs), per-(sample, class) statistics (Q, the loss terms, active rows), per-sample label
 // bitsets; the float32 path adds class-major copies of mu and variance and their double gradient
 // accumulators, the float64 path up to 16 per-group copies of a shared variance's gradient:
-// O(B·K·D + B·K). No B×B×K×M (nor B×B) buffer. The arrays live in a workspace kept across calls.
+// O(B·K·D + B·K); with a variance shared by all classes, a table of class-independent pair terms
+// for a chunk of samples, at most 16 MiB. No B×B×K×M (nor B×B) buffer. The arrays live in a
+// workspace kept across calls.
 
 #include "cpu_includes.h"
 
