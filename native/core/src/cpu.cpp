@@ -592,12 +592,25 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
   // ---- 3. contrastive ----
   // |A(i)|: the samples sharing a label with i (label bitsets, O(B²·K/64)).
   zeroed(c.anchorSize, B);
+  // Branch-free over l (the compiler vectorises it); l = i itself overlaps when y_i ≠ ∅ and is
+  // taken off at the end.
   forEachRow(threads, B, [&](int64_t i) {
+    if (c.labelCount[i] == 0) return;
+    const uint64_t* bits = c.bits.data();
+    const int64_t W = c.W;
     int64_t n = 0;
-    if (c.labelCount[i] > 0)
-      for (int64_t l = 0; l < B; ++l)
-        if (l != i && c.overlap(i, l) > 0) ++n;
-    c.anchorSize[i] = n;
+    if (W == 1) {
+      const uint64_t bi = bits[i];
+      for (int64_t l = 0; l < B; ++l) n += (bits[l] & bi) != 0 ? 1 : 0;
+    } else {
+      const uint64_t* bi = bits + i * W;
+      for (int64_t l = 0; l < B; ++l) {
+        uint64_t any = 0;
+        for (int64_t w = 0; w < W; ++w) any |= bits[l * W + w] & bi[w];
+        n += any != 0 ? 1 : 0;
+      }
+    }
+    c.anchorSize[i] = n - 1;
   });
   // Active (anchor, class) rows, listed per class: P_k = { i : y_ik = 1 } when at least two
   // samples carry k (then A(i) ≠ ∅ for each), ascending. A row whose class has one positive has
