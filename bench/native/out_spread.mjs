@@ -8,6 +8,7 @@ import { execSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import { resolve } from 'node:path';
+import { PerformanceObserver, performance } from 'node:perf_hooks';
 
 const args = process.argv.slice(2);
 const flag = (name) => {
@@ -60,21 +61,42 @@ console.log(`${new Date().toISOString()} commit ${commit} node ${process.version
 console.log(`B ${B} K ${K} M ${M}, variance [B, ${K}, ${M}]; gradients ${(gradBytes / 2 ** 20).toFixed(1)} MiB per call; ${calls} calls per variant, alternating`);
 console.log(`load average at start ${load0.map((x) => x.toFixed(2)).join(' ')}`);
 
+// Garbage collections that start inside a call are counted against that call's variant.
+const gcs = [];
+const observer = new PerformanceObserver((list) => gcs.push(...list.getEntries()));
+observer.observe({ entryTypes: ['gc'] });
 const times = variants.map(() => []);
+// Minor page faults of the whole process (V8's background threads included) during each call.
+const faults = variants.map(() => []);
+const spans = [];
 for (let c = 0; c < calls; c++) {
   // Rotate the order each round so that no variant always runs right after another.
   for (let k = 0; k < variants.length; k++) {
     const j = (c + k) % variants.length;
-    const t0 = process.hrtime.bigint();
+    const f0 = process.resourceUsage().minorPageFault;
+    const t0 = performance.now();
     variants[j].run();
-    times[j].push(Number(process.hrtime.bigint() - t0) / 1e6);
+    const t1 = performance.now();
+    times[j].push(t1 - t0);
+    faults[j].push(process.resourceUsage().minorPageFault - f0);
+    spans.push([j, t0, t1]);
+  }
+}
+await new Promise((done) => setTimeout(done, 50)); // let the observer deliver
+observer.disconnect();
+const gcCount = variants.map(() => 0), gcMs = variants.map(() => 0);
+for (const g of gcs) {
+  const span = spans.find(([, a, b]) => g.startTime >= a && g.startTime < b);
+  if (span) {
+    gcCount[span[0]]++;
+    gcMs[span[0]] += g.duration;
   }
 }
 const q = (t, f) => t[Math.min(t.length - 1, Math.round(f * (t.length - 1)))];
-console.log('| variant | min (ms) | p10 | median | p90 | max | max / min |');
-console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+console.log('| variant | min (ms) | p10 | median | p90 | max | max / min | GCs in calls (ms) | page faults / call (median, max) |');
+console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
 for (const [j, v] of variants.entries()) {
   const t = times[j].sort((a, b) => a - b);
-  console.log(`| ${v.name} | ${t[0].toFixed(1)} | ${q(t, 0.1).toFixed(1)} | ${q(t, 0.5).toFixed(1)} | ${q(t, 0.9).toFixed(1)} | ${t[t.length - 1].toFixed(1)} | ${(t[t.length - 1] / t[0]).toFixed(2)} |`);
+  console.log(`| ${v.name} | ${t[0].toFixed(1)} | ${q(t, 0.1).toFixed(1)} | ${q(t, 0.5).toFixed(1)} | ${q(t, 0.9).toFixed(1)} | ${t[t.length - 1].toFixed(1)} | ${(t[t.length - 1] / t[0]).toFixed(2)} | ${gcCount[j]} (${gcMs[j].toFixed(1)}) | ${q(faults[j].sort((a, b) => a - b), 0.5)}, ${faults[j][faults[j].length - 1]} |`);
 }
 console.log(`load average at end ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
