@@ -1,9 +1,11 @@
 // Per-call time and spread of fwd+bwd with and without `out` (caller-provided gradient arrays) on
 // one large anisotropic problem (B = 128, K = 80, M = 128, per-class per-dim variance), the calls
 // of the variants alternating in one process so that load from other work hits them alike:
-//   KMCL_NUM_THREADS=2 node bench/native/out_spread.mjs [ADDON.node] [--before OLD.node] [--calls N]
+//   KMCL_NUM_THREADS=2 node bench/native/out_spread.mjs [ADDON.node] [--before OLD.node] [--calls N] [--block N]
 // ADDON defaults to build/Release/kmcl.node. --before adds a build without `out` (e.g. the
-// commit before it), timed allocating. Issue 10 item 6: no fresh buffers per call.
+// commit before it), timed allocating. --block N runs N calls of a variant in a row before the
+// next one (as a training loop would: an allocating variant then meets its own garbage), default
+// 1 (strictly alternating). Issue 10 item 6: no fresh buffers per call.
 import { execSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
@@ -20,6 +22,7 @@ const flag = (name) => {
 };
 const beforePath = flag('--before');
 const calls = Number(flag('--calls') ?? 40);
+const block = Number(flag('--block') ?? 1);
 const addonPath = resolve(args[0] ?? 'build/Release/kmcl.node');
 const require = createRequire(import.meta.url);
 const addon = require(addonPath);
@@ -58,7 +61,7 @@ try {
 } catch {}
 const load0 = loadavg();
 console.log(`${new Date().toISOString()} commit ${commit} node ${process.version}; ${cpus().length} × ${cpus()[0]?.model}; KMCL_NUM_THREADS=${process.env.KMCL_NUM_THREADS ?? '(cores)'}`);
-console.log(`B ${B} K ${K} M ${M}, variance [B, ${K}, ${M}]; gradients ${(gradBytes / 2 ** 20).toFixed(1)} MiB per call; ${calls} calls per variant, alternating`);
+console.log(`B ${B} K ${K} M ${M}, variance [B, ${K}, ${M}]; gradients ${(gradBytes / 2 ** 20).toFixed(1)} MiB per call; ${calls} calls per variant, ${block === 1 ? 'alternating' : `in blocks of ${block}`}`);
 console.log(`load average at start ${load0.map((x) => x.toFixed(2)).join(' ')}`);
 
 // Garbage collections that start inside a call are counted against that call's variant.
@@ -69,10 +72,10 @@ const times = variants.map(() => []);
 // Minor page faults of the whole process (V8's background threads included) during each call.
 const faults = variants.map(() => []);
 const spans = [];
-for (let c = 0; c < calls; c++) {
+for (let c0 = 0; c0 < calls; c0 += block) {
   // Rotate the order each round so that no variant always runs right after another.
-  for (let k = 0; k < variants.length; k++) {
-    const j = (c + k) % variants.length;
+  for (let k = 0; k < variants.length; k++) for (let c = c0; c < Math.min(calls, c0 + block); c++) {
+    const j = (c0 / block + k) % variants.length;
     const f0 = process.resourceUsage().minorPageFault;
     const t0 = performance.now();
     variants[j].run();
