@@ -40,10 +40,13 @@ export interface NativeCudaInfo {
   driverVersion?: number;
 }
 
+/** Caller-provided gradient arrays (any subset); the addon checks them again before any work. */
+export type NativeOut<A extends Float32Array | Float64Array = Float32Array> = Partial<Record<'features' | 'logits' | 'mu' | 'variance', A>>;
+
 export interface NativeAddon {
-  compute(problem: NativeProblem, options: object, gradients: boolean, device: 'cpu' | 'cuda'): NativeResult;
-  computeF64(problem: NativeProblem<Float64Array>, options: object, gradients: boolean, device: 'cpu'): NativeResult<Float64Array>;
-  computeAsync(problem: NativeProblem, options: object, gradients: boolean, device: 'cpu' | 'cuda'): Promise<NativeResult>;
+  compute(problem: NativeProblem, options: object, gradients: boolean, device: 'cpu' | 'cuda', out?: NativeOut): NativeResult;
+  computeF64(problem: NativeProblem<Float64Array>, options: object, gradients: boolean, device: 'cpu', out?: NativeOut<Float64Array>): NativeResult<Float64Array>;
+  computeAsync(problem: NativeProblem, options: object, gradients: boolean, device: 'cpu' | 'cuda', out?: NativeOut): Promise<NativeResult>;
   info(): { cpu: { threads: number; threadsError?: string; isa: CpuIsa; isaAvailable: CpuIsa[]; isaCompiled: CpuIsa[]; isaError?: string }; cuda: NativeCudaInfo; napiVersion: number };
   releaseDeviceMemory(): void;
 }

@@ -31,18 +31,40 @@ export interface KmclProblem {
   varianceShape: readonly [number, number];
 }
 
+/** The names of the four gradients, in the order of {@link KmclGradients}. */
+export const GRADIENT_NAMES = ['features', 'logits', 'mu', 'variance'] as const;
+export type GradientName = (typeof GRADIENT_NAMES)[number];
+
+export interface KmclGradients<A extends Float32Array | Float64Array = Float32Array> {
+  /** [B, M] */
+  features: A;
+  /** [B, K] */
+  logits: A;
+  /** [B, K, muDim] */
+  mu: A;
+  /** [B, Kv, Dv] */
+  variance: A;
+}
+
+/**
+ * Caller-provided arrays the gradients are written into (any subset; the others are allocated).
+ * Each must be a Float32Array (Float64Array for {@link kmclLossRawFloat64}) of its input's
+ * length, on an ordinary (not shared) ArrayBuffer that is not detached, sharing no memory with an
+ * input or with another out array. The result's `gradients` then holds these same objects.
+ */
+export type KmclOut<A extends Float32Array | Float64Array = Float32Array> = Partial<KmclGradients<A>>;
+
 export interface KmclRawOptions extends KmclLossOptions {
   /** Compute the gradients of the weighted total (default true). */
   gradients?: boolean;
   /** 'auto' (default) uses CUDA when a device is usable, else the CPU. */
   device?: Device;
-}
-
-export interface KmclGradients {
-  features: Float32Array;
-  logits: Float32Array;
-  mu: Float32Array;
-  variance: Float32Array;
+  /**
+   * Write the gradients into these arrays instead of new ones (README, "Reusing output arrays:
+   * `out`"). Sync calls: the native code writes straight into them. Async calls: they are written
+   * when the promise settles, on the calling thread, all or none. Needs `gradients` left on.
+   */
+  out?: KmclOut;
 }
 
 export interface KmclRawResult {
@@ -55,7 +77,7 @@ export interface KmclRawResult {
   gradients?: KmclGradients;
 }
 
-const RAW_EXTRA_OPTIONS = ['gradients', 'device'] as const;
+const RAW_EXTRA_OPTIONS = ['gradients', 'device', 'out'] as const;
 
 function positiveInteger(name: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) {
@@ -161,6 +183,53 @@ interface Prepared {
   options: ResolvedOptions;
   gradients: boolean;
   device: 'cpu' | 'cuda';
+  out?: KmclOut;
+}
+
+/**
+ * Reads `options.out` once (a getter cannot hand this check one array and the native call
+ * another) and checks what needs no shape: an object of known fields, gradients on, the right
+ * array type, no SharedArrayBuffer. The native layer then checks, before any work, each array's
+ * length, that it is not detached, and that it shares no memory with an input or another out.
+ *
+ * SharedArrayBuffer-backed outs are refused: kmcl cannot tell whether one shares memory with an
+ * input or another out (every postMessage of a SharedArrayBuffer gives a new object for the same
+ * memory, and shared inputs are copied before the native call sees them), and another thread
+ * could read or write the arrays while they are written.
+ */
+export function readOut<A extends typeof Float32Array | typeof Float64Array>(
+  out: unknown,
+  gradients: boolean,
+  ctor: A,
+): KmclOut<InstanceType<A>> | undefined {
+  if (out === undefined) return undefined;
+  if (out === null || typeof out !== 'object' || Array.isArray(out) || ArrayBuffer.isView(out)) {
+    throw new TypeError(`options.out must be an object { features?, logits?, mu?, variance? } of ${ctor.name}s, got ${describe(out)}`);
+  }
+  if (!gradients) {
+    throw new TypeError('options.out is given but options.gradients is false: out receives the gradients, so drop one of the two');
+  }
+  for (const key of Object.keys(out)) {
+    if (!(GRADIENT_NAMES as readonly string[]).includes(key)) {
+      throw new TypeError(`options.out.${key} is not a gradient; out takes ${GRADIENT_NAMES.join(', ')}`);
+    }
+  }
+  const snap: KmclOut<InstanceType<A>> = {};
+  for (const name of GRADIENT_NAMES) {
+    const v = (out as Record<string, unknown>)[name];
+    if (v === undefined) continue;
+    if (!(v instanceof ctor)) {
+      const dtype = ctor === Float32Array ? 'float32' : 'float64';
+      throw new TypeError(`options.out.${name} must be a ${ctor.name} (this is the ${dtype} path), got ${describe(v)}`);
+    }
+    if (!(v.buffer instanceof ArrayBuffer)) {
+      throw new TypeError(
+        `options.out.${name} is on a SharedArrayBuffer, which kmcl does not write to: it could not rule out that it shares memory with an input or another out array; pass an ordinary Float32Array and copy it into shared memory yourself`,
+      );
+    }
+    snap[name] = v as InstanceType<A>;
+  }
+  return snap;
 }
 
 const INPUT_NAMES = ['features', 'logits', 'labels', 'mu', 'variance'] as const;
@@ -192,6 +261,7 @@ function prepare(problem: KmclProblem, options: KmclRawOptions | undefined): Pre
   const resolved = resolveOptions(options, RAW_EXTRA_OPTIONS);
   const gradients = options?.gradients ?? true;
   if (typeof gradients !== 'boolean') throw new TypeError(`options.gradients must be a boolean, got ${describe(gradients)}`);
+  const out = readOut(options?.out, gradients, Float32Array);
   const snap = snapshotProblem(problem);
   validateProblem(snap);
   const addon = nativeAddon();
@@ -208,7 +278,7 @@ function prepare(problem: KmclProblem, options: KmclRawOptions | undefined): Pre
     mu: snap.mu,
     variance: snap.variance,
   };
-  return { addon, problem: p, options: resolved, gradients, device };
+  return { addon, problem: p, options: resolved, gradients, device, out };
 }
 
 /** Counters of kmcl's native job queue (process-wide), for tests and diagnostics. */
@@ -232,11 +302,14 @@ export function asyncJobStats(): AsyncJobStats {
 
 /**
  * The KMCL loss and (by default) its gradients, computed synchronously by the fused native path.
- * Inputs are read, never written.
+ * Inputs are read, never written. With `options.out`, the gradients given there are written
+ * straight into those arrays (no other array is allocated for them) and the result's `gradients`
+ * holds the same objects; an error leaves them untouched (README, "Reusing output arrays: `out`",
+ * for the one CUDA exception).
  */
 export function kmclLossRaw(problem: KmclProblem, options?: KmclRawOptions): KmclRawResult {
   const p = prepare(problem, options);
-  return p.addon.compute(p.problem, p.options, p.gradients, p.device) as KmclRawResult;
+  return p.addon.compute(p.problem, p.options, p.gradients, p.device, p.out) as KmclRawResult;
 }
 
 /**
@@ -246,10 +319,15 @@ export function kmclLossRaw(problem: KmclProblem, options?: KmclRawOptions): Kmc
  * the call, whatever happens to the arrays afterwards (writes, transfers). If the calling thread's
  * environment is torn down first (worker terminated, process.exit), the job is cancelled and the
  * promise never settles.
+ *
+ * With `options.out`, the job computes into its own memory and never touches the out arrays; they
+ * are written when the promise settles, on the calling thread, after a second check: if one was
+ * detached (transferred) or resized meanwhile, the promise rejects naming it and none is written.
+ * Until then they keep whatever they held; writes to them meanwhile are overwritten.
  */
 export async function kmclLossRawAsync(problem: KmclProblem, options?: KmclRawOptions): Promise<KmclRawResult> {
   const p = prepare(problem, options);
-  return (await p.addon.computeAsync(p.problem, p.options, p.gradients, p.device)) as KmclRawResult;
+  return (await p.addon.computeAsync(p.problem, p.options, p.gradients, p.device, p.out)) as KmclRawResult;
 }
 
 /**
@@ -264,13 +342,14 @@ export function kmclLossRawFloat64(
     mu: Float64Array;
     variance: Float64Array;
   },
-  options?: KmclLossOptions & { gradients?: boolean },
-): { loss: number; asl: number; reconstruction: number; contrastive: number; gradients?: Record<'features' | 'logits' | 'mu' | 'variance', Float64Array> } {
-  const resolved = resolveOptions(options, ['gradients']);
+  options?: KmclLossOptions & { gradients?: boolean; out?: KmclOut<Float64Array> },
+): { loss: number; asl: number; reconstruction: number; contrastive: number; gradients?: KmclGradients<Float64Array> } {
+  const resolved = resolveOptions(options, ['gradients', 'out']);
   const gradients = options?.gradients ?? true;
   if (typeof gradients !== 'boolean') throw new TypeError(`options.gradients must be a boolean, got ${describe(gradients)}`);
+  const out = readOut(options?.out, gradients, Float64Array);
   const snap = snapshotProblem(problem) as typeof problem;
   validateProblem(snap as unknown, Float64Array);
   const p = { ...snap, varianceShape: [snap.varianceShape[0], snap.varianceShape[1]] as [number, number] };
-  return nativeAddon().computeF64(p, resolved, gradients, 'cpu');
+  return nativeAddon().computeF64(p, resolved, gradients, 'cpu', out);
 }

@@ -18,3 +18,8 @@ console.log(result.gradients?.mu.length);                 // Float32Array of mu'
 
 const same = await kmclLossRawAsync(problem, options);    // off the main thread, same numbers
 console.log(same.loss === result.loss, backendInfo().defaultDevice);
+
+// Gradients written into arrays you keep across calls (any subset; see "Reusing output arrays").
+const out = { mu: new Float32Array(B * K * M), variance: new Float32Array(B * K) };
+const again = kmclLossRaw(problem, { ...options, out });
+console.log(again.gradients?.mu === out.mu, out.mu.every((v, j) => v === result.gradients?.mu[j]));

@@ -25,5 +25,6 @@ describe('README', () => {
     expect(lines[0].map(Number).every(Number.isFinite)).toBe(true);
     expect(lines[1]).toEqual(['24']);
     expect(lines[2][0]).toBe('true');
+    expect(lines[3]).toEqual(['true', 'true']);
   });
 });

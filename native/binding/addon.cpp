@@ -2,8 +2,16 @@
 // ranges) happens in TypeScript before any call; this layer checks types and lengths again so that
 // no call can read out of bounds, and turns every C++ exception into a JS Error.
 //
+// Gradient outputs: a sync call hands the core the data pointers of the JS arrays it returns,
+// either the caller's (options.out) or fresh ones, so the core writes the gradients straight into
+// them (no intermediate buffer, no copy). The caller's out arrays are checked before any work:
+// type, length, not detached, not on a SharedArrayBuffer, no memory shared with an input or with
+// another out array.
+//
 // Async calls run on kmcl's own job queue (one thread, never libuv's pool). A job owns copies of
 // its inputs, taken when the call is made, and its outputs; it touches no JS memory while it runs.
+// The caller's out arrays are written only when the promise settles, on the calling thread, after
+// they are checked again (a transfer or a resize may have happened meanwhile): all or none.
 // Its promise settles on the calling environment's thread through a thread-safe function. When an
 // environment is torn down (worker terminated, process.exit, main-thread exit) its queued jobs are
 // dropped, its running job stops at the next work chunk, and their promises never settle: no JS
@@ -152,14 +160,42 @@ Device readDevice(const Napi::Value& v) {
   throw Napi::TypeError::New(v.Env(), "device must be 'cpu' or 'cuda' (the TypeScript layer resolves 'auto')");
 }
 
-// The gradient buffers of one call, owned by C++ until they are copied into JS arrays.
+constexpr int kGradCount = 4;
+constexpr const char* kGradNames[kGradCount] = {"features", "logits", "mu", "variance"};
+
+std::string gradShape(const Shape& s, int j) {
+  const auto d = [](int64_t v) { return std::to_string(v); };
+  switch (j) {
+    case 0: return "[" + d(s.batch) + ", " + d(s.dim) + "]";
+    case 1: return "[" + d(s.batch) + ", " + d(s.classes) + "]";
+    case 2: return "[" + d(s.batch) + ", " + d(s.classes) + ", " + d(s.muDim) + "]";
+    default: return "[" + d(s.batch) + ", " + d(s.varianceClasses) + ", " + d(s.varianceDim) + "]";
+  }
+}
+
+int64_t gradSize(const Shape& s, int j) {
+  switch (j) {
+    case 0: return s.featuresSize();
+    case 1: return s.logitsSize();
+    case 2: return s.muSize();
+    default: return s.varianceSize();
+  }
+}
+
+// The gradient buffers of an async job, owned by C++ until they are copied into JS arrays.
 template <class T>
 struct GradientBuffers {
   std::vector<T> features, logits, mu, variance;
   explicit GradientBuffers(const Shape& s)
       : features(s.featuresSize()), logits(s.logitsSize()), mu(s.muSize()), variance(s.varianceSize()) {}
   Gradients<T> view() { return Gradients<T>{features.data(), logits.data(), mu.data(), variance.data()}; }
+  const std::vector<T>& at(int j) const { return j == 0 ? features : j == 1 ? logits : j == 2 ? mu : variance; }
 };
+
+template <class T>
+T*& gradPtr(Gradients<T>& g, int j) {
+  return j == 0 ? g.features : j == 1 ? g.logits : j == 2 ? g.mu : g.variance;
+}
 
 template <class T>
 LossParts run(Device device, const Problem<T>& p, const Options& o, Gradients<T>* g) {
@@ -178,20 +214,104 @@ Napi::TypedArrayOf<T> toArray(Napi::Env env, const std::vector<T>& v) {
   return arr;
 }
 
-template <class T>
-Napi::Object resultObject(Napi::Env env, const LossParts& r, GradientBuffers<T>* g) {
+// grads: the four gradient arrays (features, logits, mu, variance), or nullptr without gradients.
+Napi::Object resultObject(Napi::Env env, const LossParts& r, const Napi::Value* grads) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("loss", r.loss);
   out.Set("asl", r.asl);
   out.Set("reconstruction", r.reconstruction);
   out.Set("contrastive", r.contrastive);
-  if (g) {
-    Napi::Object grads = Napi::Object::New(env);
-    grads.Set("features", toArray(env, g->features));
-    grads.Set("logits", toArray(env, g->logits));
-    grads.Set("mu", toArray(env, g->mu));
-    grads.Set("variance", toArray(env, g->variance));
-    out.Set("gradients", grads);
+  if (grads) {
+    Napi::Object g = Napi::Object::New(env);
+    for (int j = 0; j < kGradCount; ++j) g.Set(kGradNames[j], grads[j]);
+    out.Set("gradients", g);
+  }
+  return out;
+}
+
+// ---- options.out: the caller's gradient arrays ----
+
+std::string outName(int j) { return std::string("options.out.") + kGradNames[j]; }
+
+struct ByteRange {
+  std::string name;
+  const unsigned char* begin;
+  const unsigned char* end;
+};
+
+// Where a typed array's elements are, or why they cannot be written: a detached buffer, a
+// SharedArrayBuffer, a length other than gradient j's. Empty string when usable.
+template <class T>
+std::string writable(napi_env env, napi_value value, const Shape& shape, int j, T** data) {
+  const int64_t expected = gradSize(shape, j);
+  napi_typedarray_type type;
+  size_t length = 0, offset = 0;
+  void* ptr = nullptr;
+  napi_value buffer;
+  if (napi_get_typedarray_info(env, value, &type, &length, &ptr, &buffer, &offset) != napi_ok || type != ArrayType<T>::kind) {
+    return std::string(" must be a ") + ArrayType<T>::name;
+  }
+  bool isArrayBuffer = false, detached = false;
+  if (napi_is_arraybuffer(env, buffer, &isArrayBuffer) != napi_ok) return " has an unreadable buffer";
+  if (!isArrayBuffer) return " is on a SharedArrayBuffer, which kmcl does not write to (see the README, \"out\")";
+  if (napi_is_detached_arraybuffer(env, buffer, &detached) != napi_ok) return " has an unreadable buffer";
+  if (detached) return " is detached (its ArrayBuffer was transferred)";
+  if (static_cast<int64_t>(length) != expected) {
+    return " must have length " + std::to_string(expected) + " (shape " + gradShape(shape, j) + "), got " + std::to_string(length);
+  }
+  *data = static_cast<T*>(ptr);
+  return std::string();
+}
+
+// The caller's out arrays of one call, checked (before any work) against the problem: the given
+// ones have `value` set and `data` pointing at their elements.
+template <class T>
+struct OutArrays {
+  Napi::Value value[kGradCount];
+  T* data[kGradCount] = {nullptr, nullptr, nullptr, nullptr};
+  bool given(int j) const { return data[j] != nullptr; }
+};
+
+template <class T>
+OutArrays<T> readOut(const Napi::Value& v, const Problem<T>& p, bool wantGrad) {
+  OutArrays<T> out;
+  if (v.IsUndefined()) return out;
+  Napi::Env env = v.Env();
+  if (!v.IsObject() || v.IsTypedArray() || v.IsArray()) {
+    throw Napi::TypeError::New(env, "options.out must be an object { features?, logits?, mu?, variance? }");
+  }
+  if (!wantGrad) throw Napi::TypeError::New(env, "options.out is given but gradients are off (options.gradients: false)");
+  const Napi::Object o = v.As<Napi::Object>();
+  std::vector<ByteRange> ranges;
+  const Shape& s = p.shape;
+  const T* inputs[5] = {p.features, p.logits, p.labels, p.mu, p.variance};
+  const char* inputNames[5] = {"features", "logits", "labels", "mu", "variance"};
+  const int64_t inputSizes[5] = {s.featuresSize(), s.logitsSize(), s.logitsSize(), s.muSize(), s.varianceSize()};
+  for (int j = 0; j < 5; ++j) {
+    const auto* b = reinterpret_cast<const unsigned char*>(inputs[j]);
+    ranges.push_back({std::string("problem.") + inputNames[j], b, b + inputSizes[j] * sizeof(T)});
+  }
+  for (int j = 0; j < kGradCount; ++j) {
+    const Napi::Value a = o.Get(kGradNames[j]);
+    if (a.IsUndefined()) continue;
+    if (!a.IsTypedArray()) throw Napi::TypeError::New(env, outName(j) + " must be a " + ArrayType<T>::name);
+    T* data = nullptr;
+    const std::string why = writable<T>(env, a, s, j, &data);
+    if (!why.empty()) {
+      if (why.rfind(" must have length", 0) == 0) throw Napi::RangeError::New(env, outName(j) + why);
+      throw Napi::TypeError::New(env, outName(j) + why);
+    }
+    const auto* b = reinterpret_cast<const unsigned char*>(data);
+    const ByteRange r{outName(j), b, b + gradSize(s, j) * sizeof(T)};
+    for (const ByteRange& q : ranges) {
+      if (r.begin < q.end && q.begin < r.end) {
+        throw Napi::RangeError::New(env, r.name + " shares memory with " + q.name +
+                                             ": an out array must not overlap an input or another out array");
+      }
+    }
+    ranges.push_back(r);
+    out.value[j] = a;
+    out.data[j] = data;
   }
   return out;
 }
@@ -224,7 +344,7 @@ FairLock& computeLock() {
   return *lock;
 }
 
-// compute(problem, options, wantGradients, device)
+// compute(problem, options, wantGradients, device, out?)
 template <class T>
 Napi::Value ComputeSync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -232,18 +352,31 @@ Napi::Value ComputeSync(const Napi::CallbackInfo& info) {
   const Options o = readOptions(info[1]);
   const bool wantGrad = info[2].ToBoolean().Value();
   const Device device = readDevice(info[3]);
-  std::unique_ptr<GradientBuffers<T>> g;
-  if (wantGrad) g = std::make_unique<GradientBuffers<T>>(p.shape);
+  const OutArrays<T> out = readOut<T>(info[4], p, wantGrad);
+  // The core writes into the returned arrays themselves: the caller's out arrays, or new ones.
+  // No JS runs during the call, so none of them can be detached or resized meanwhile.
+  Napi::Value arrays[kGradCount];
+  Gradients<T> view;
+  if (wantGrad) {
+    for (int j = 0; j < kGradCount; ++j) {
+      if (out.given(j)) {
+        arrays[j] = out.value[j];
+        gradPtr(view, j) = out.data[j];
+      } else {
+        auto a = Napi::TypedArrayOf<T>::New(env, static_cast<size_t>(gradSize(p.shape, j)));
+        arrays[j] = a;
+        gradPtr(view, j) = a.Data();
+      }
+    }
+  }
   LossParts r;
   try {
-    Gradients<T> view;
-    if (g) view = g->view();
     std::lock_guard<FairLock> lock(computeLock());
-    r = run<T>(device, p, o, g ? &view : nullptr);
+    r = run<T>(device, p, o, wantGrad ? &view : nullptr);
   } catch (const std::exception& e) {
     throw Napi::Error::New(env, std::string("kmcl: ") + e.what());
   }
-  return resultObject<T>(env, r, g.get());
+  return resultObject(env, r, wantGrad ? arrays : nullptr);
 }
 
 // ---- kmcl's job queue ----
@@ -278,6 +411,10 @@ struct Job {
   Device device = Device::Cpu;
   bool wantGrad = false;
   std::unique_ptr<GradientBuffers<float>> grads;  // allocated by the queue thread
+  // The caller's out arrays (options.out), referenced so that they stay alive until the promise
+  // settles. Raw handles: only settle() (on the environment's thread) reads and deletes them. A job
+  // destroyed anywhere else belongs to an environment being torn down, which frees its references.
+  napi_ref out[kGradCount] = {nullptr, nullptr, nullptr, nullptr};
   LossParts result;
   std::string error;
 
@@ -294,6 +431,14 @@ struct Job {
 };
 
 void deliver(std::unique_ptr<Job> job);
+
+// Environment thread only.
+void deleteOutRefs(napi_env env, Job& job) {
+  for (napi_ref& r : job.out) {
+    if (r) napi_delete_reference(env, r);
+    r = nullptr;
+  }
+}
 
 class JobQueue {
  public:
@@ -429,6 +574,11 @@ void settle(napi_env env, napi_value, void* context, void* data) {
   if (env == nullptr || job == nullptr) return;  // the thread-safe function is being torn down
   auto* state = static_cast<EnvState*>(context);
   if (--state->pending == 0) napi_unref_threadsafe_function(env, state->tsfn);
+  struct DeleteRefs {
+    napi_env env;
+    Job& job;
+    ~DeleteRefs() { deleteOutRefs(env, job); }
+  } deleteRefs{env, *job};
   // Nothing may escape into N-API's C frames: a failure here (e.g. out of memory for the
   // gradients, or a terminating environment) rejects the promise, or is dropped when even that fails.
   try {
@@ -436,9 +586,32 @@ void settle(napi_env env, napi_value, void* context, void* data) {
     Napi::HandleScope scope(e);
     if (!job->error.empty()) {
       napi_reject_deferred(env, job->deferred, Napi::Error::New(e, job->error).Value());
+    } else if (!job->grads) {
+      napi_resolve_deferred(env, job->deferred, resultObject(e, job->result, nullptr));
     } else {
-      Napi::Object out = resultObject<float>(e, job->result, job->grads.get());
-      napi_resolve_deferred(env, job->deferred, out);
+      // The caller's out arrays are checked again: they may have been transferred or resized
+      // while the job ran. Every given one is written, or none is and the promise rejects.
+      Napi::Value arrays[kGradCount];
+      float* data[kGradCount] = {nullptr, nullptr, nullptr, nullptr};
+      for (int j = 0; j < kGradCount; ++j) {
+        if (!job->out[j]) continue;
+        napi_value v = nullptr;
+        if (napi_get_reference_value(env, job->out[j], &v) != napi_ok || v == nullptr) {
+          throw Napi::Error::New(e, "kmcl: " + outName(j) + " could not be read back; no out array was written");
+        }
+        const std::string why = writable<float>(env, v, job->shape, j, &data[j]);
+        if (!why.empty()) {
+          throw Napi::Error::New(e, "kmcl: " + outName(j) + why +
+                                        " when the call settled (it was changed while the call was running); no out array was written");
+        }
+        arrays[j] = Napi::Value(env, v);
+      }
+      // New arrays first (they can fail: out of memory), then the copies into out (they cannot).
+      for (int j = 0; j < kGradCount; ++j)
+        if (!data[j]) arrays[j] = toArray(e, job->grads->at(j));
+      for (int j = 0; j < kGradCount; ++j)
+        if (data[j]) std::memcpy(data[j], job->grads->at(j).data(), job->grads->at(j).size() * sizeof(float));
+      napi_resolve_deferred(env, job->deferred, resultObject(e, job->result, arrays));
     }
   } catch (const Napi::Error& err) {
     try {
@@ -487,12 +660,14 @@ std::shared_ptr<EnvState> envState(Napi::Env env) {
 // Copies a validated input of the async call; the job reads only this copy.
 std::vector<float> copyOf(const float* data, int64_t n) { return std::vector<float>(data, data + n); }
 
+// computeAsync(problem, options, wantGradients, device, out?)
 Napi::Value ComputeAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const Problem<float> p = readProblem<float>(info[0], nullptr);
   const Options o = readOptions(info[1]);
   const bool wantGrad = info[2].ToBoolean().Value();
   const Device device = readDevice(info[3]);
+  const OutArrays<float> out = readOut<float>(info[4], p, wantGrad);
   std::shared_ptr<EnvState> state = envState(env);
   if (!state->tsfn) {
     napi_value name = Napi::String::New(env, "kmcl.computeAsync");
@@ -517,8 +692,17 @@ Napi::Value ComputeAsync(const Napi::CallbackInfo& info) {
   job->options = o;
   job->device = device;
   job->wantGrad = wantGrad;
+  for (int j = 0; j < kGradCount; ++j) {
+    if (out.given(j) && napi_create_reference(env, out.value[j], 1, &job->out[j]) != napi_ok) {
+      deleteOutRefs(env, *job);
+      throw Napi::Error::New(env, "kmcl: could not reference " + outName(j));
+    }
+  }
   napi_value promise;
-  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok) throw Napi::Error::New(env, "kmcl: could not create a promise");
+  if (napi_create_promise(env, &job->deferred, &promise) != napi_ok) {
+    deleteOutRefs(env, *job);
+    throw Napi::Error::New(env, "kmcl: could not create a promise");
+  }
   // The thread-safe function is referenced while a promise is pending: the event loop stays
   // alive until every job of this environment has settled (as with libuv work).
   if (state->pending++ == 0) napi_ref_threadsafe_function(env, state->tsfn);
