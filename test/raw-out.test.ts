@@ -234,10 +234,17 @@ describe('out with async calls: written at settle, on the calling thread, all or
     const p = big(600);
     const want = kmclLossRaw(p, { device: 'cpu' });
     const out = outsFor(p, Float32Array, 7);
-    const pending = kmclLossRawAsync(p, { device: 'cpu', out });
-    // A sync call waits on the FIFO lock for the running job: when it returns, the job is done.
     const before = asyncJobStats().completed;
+    const pending = kmclLossRawAsync(p, { device: 'cpu', out });
+    // A sync call waits on the FIFO lock for the running job (or the job may even be done already).
     kmclLossRaw(p, { device: 'cpu', gradients: false });
+    // The queue thread counts the job just after releasing the lock, so the sync call may return
+    // a moment before the count moves: spin for it (the promise cannot settle meanwhile, this
+    // thread is busy).
+    const deadline = Date.now() + 10_000;
+    while (asyncJobStats().completed < before + 1 && Date.now() < deadline) {
+      // spin
+    }
     expect(asyncJobStats().completed).toBe(before + 1);
     expect(untouched(out, 7)).toBe(true);
     expectSameResult(await pending, want);
