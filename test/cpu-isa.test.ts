@@ -98,6 +98,34 @@ describe('CPU instruction sets', () => {
           }
         });
       }
+      // ASL on vectors (aslRowSimd): each option branch against the float64 path's scalar math.
+      it('ASL in vectors: clip, no clip, gammas 0, the focal weight gradient, a clamping eps, logits up to ±40: within tolerance of float64', () => {
+        const p64 = randomProblem({ seed: 123, B: 61, K: 21, M: 8, D: 8, Kv: 21, Dv: 8, positives: 4, logitRange: 40 }, Float64Array);
+        const p32 = Object.fromEntries(
+          Object.entries(p64).map(([k, x]) => [k, x instanceof Float64Array ? Float32Array.from(x) : x]),
+        ) as unknown as Parameters<typeof kmclLossRaw>[0];
+        const p64r = Object.fromEntries(Object.entries(p32).map(([k, x]) => [k, x instanceof Float32Array ? Float64Array.from(x) : x])) as never;
+        const weights = { asl: 1, reconstruction: 0, contrastive: 0 };
+        const optionSets = [
+          {},
+          { clip: 0 },
+          { clip: 0.2, gammaNeg: 0.5 },
+          { gammaNeg: 0, gammaPos: 0 },
+          { gammaNeg: 3, gammaPos: 2, detachFocalWeight: false },
+          { clip: 0, gammaNeg: 2, gammaPos: 1, detachFocalWeight: false },
+          { eps: 0.3 },
+          { eps: 0.3, clip: 0 },
+        ];
+        for (const extra of optionSets) {
+          const opts = { ...extra, weights };
+          const ref = kmclLossRawFloat64(p64r, opts);
+          const got = withEnv({ KMCL_CPU_ISA: isa }, () => kmclLossRaw(p32, { ...opts, device: 'cpu' }));
+          const what = JSON.stringify(extra);
+          expect(ref.asl, what).toBeGreaterThan(0);
+          expect(Math.abs(got.asl - ref.asl), `asl ${what}`).toBeLessThanOrEqual(1e-6 * Math.abs(ref.asl) + 1e-9);
+          expect(relNorm(got.gradients!.logits, ref.gradients!.logits), `d/dlogits ${what}`).toBeLessThan(1e-5);
+        }
+      });
       // A variance shared by all classes (Kv = 1): the class-independent pair terms are computed
       // once per sample pair, for chunks of anchor samples (at most 16 MiB of them: at B = 1500,
       // two chunks), so the chunk boundary is crossed here.

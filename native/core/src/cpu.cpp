@@ -447,10 +447,26 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
     std::fill(clamped, clamped + K, uint8_t(0));
     const T* a = problem.logits + i * K;
     const T* z = problem.features + i * M;
-    for (int64_t k = 0; k < K; ++k) {
-      const auto term = math::aslTerm<T>(a[k], c.label(i, k), asl);
-      aslSum += double(term.loss);
-      if (wantGrad) gLogits[i * K + k] += o.weightAsl * double(term.dLogit);
+    if constexpr (kFloat) {
+      // The float path: ASL in vectors (cpu_simd.inc, aslRowSimd), summed in class order.
+      thread_local AslScratch as;
+      const int64_t Kp = (K + kW - 1) / kW * kW;
+      as.ensure(Kp);
+      for (int64_t k = 0; k < Kp; ++k) {
+        as.a[k] = k < K ? a[k] : 0.0f;
+        as.y[k] = k < K && c.label(i, k) ? 1.0f : 0.0f;
+      }
+      aslRowSimd(as.a.data(), as.y.data(), Kp, asl, as.loss.data(), as.dLogit.data());
+      for (int64_t k = 0; k < K; ++k) {
+        aslSum += double(as.loss[k]);
+        if (wantGrad) gLogits[i * K + k] += o.weightAsl * double(as.dLogit[k]);
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        const auto term = math::aslTerm<T>(a[k], c.label(i, k), asl);
+        aslSum += double(term.loss);
+        if (wantGrad) gLogits[i * K + k] += o.weightAsl * double(term.dLogit);
+      }
     }
     aslRow[i] = aslSum;
 
