@@ -447,16 +447,16 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
     std::fill(clamped, clamped + K, uint8_t(0));
     const T* a = problem.logits + i * K;
     const T* z = problem.features + i * M;
+    thread_local AslScratch as;
     if constexpr (kFloat) {
       // The float path: ASL in vectors (cpu_simd.inc, aslRowSimd), summed in class order.
-      thread_local AslScratch as;
       const int64_t Kp = (K + kW - 1) / kW * kW;
       as.ensure(Kp);
       for (int64_t k = 0; k < Kp; ++k) {
         as.a[k] = k < K ? a[k] : 0.0f;
         as.y[k] = k < K && c.label(i, k) ? 1.0f : 0.0f;
       }
-      aslRowSimd(as.a.data(), as.y.data(), Kp, asl, as.loss.data(), as.dLogit.data());
+      aslRowSimd(as, Kp, asl);
       for (int64_t k = 0; k < K; ++k) {
         aslSum += double(as.loss[k]);
         if (wantGrad) gLogits[i * K + k] += o.weightAsl * double(as.dLogit[k]);
@@ -500,7 +500,11 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
         }
       }
       u[k] = -0.5 * e;
-      logp[k] = double(math::logSigmoid(a[k]));
+      if constexpr (kFloat) {
+        logp[k] = double(as.logP[k]);  // log σ(a_k) from the vector ASL
+      } else {
+        logp[k] = double(math::logSigmoid(a[k]));
+      }
     }
     // gE: ∂L/∂E_ik, gLogP: ∂L/∂log p_ik (both already divided by B and weighted).
     bool hasGrad = false;
@@ -513,11 +517,14 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
         maxAll = std::max(maxAll, v);
         if (c.label(i, k)) maxPos = std::max(maxPos, v);
       }
+      // ee[k] = e^{v − maxAll}, gLogP[k] = e^{v − maxPos} (positives), kept for the gradient.
       double sumAll = 0, sumPos = 0;
       for (int64_t k = 0; k < K; ++k) {
         const double v = u[k] + logp[k];
-        sumAll += std::exp(v - maxAll);
-        if (c.label(i, k)) sumPos += std::exp(v - maxPos);
+        ee[k] = std::exp(v - maxAll);
+        sumAll += ee[k];
+        gLogP[k] = c.label(i, k) ? std::exp(v - maxPos) : 0.0;
+        sumPos += gLogP[k];
       }
       const double lsePos = maxPos + std::log(sumPos), lseAll = maxAll + std::log(sumAll);
       const double logR = lsePos - lseAll;
@@ -526,10 +533,10 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
       } else {
         recRow[i] = -logR;
         hasGrad = true;
+        const double invPos = 1.0 / sumPos, invAll = 1.0 / sumAll;
         for (int64_t k = 0; k < K; ++k) {
-          const double v = u[k] + logp[k];
-          const double alpha = c.label(i, k) ? std::exp(v - lsePos) : 0.0;
-          const double beta = std::exp(v - lseAll);
+          const double alpha = gLogP[k] * invPos;  // e^{v − lsePos}
+          const double beta = ee[k] * invAll;      // e^{v − lseAll}
           gE[k] = gLogP[k] = -(alpha - beta) * invB * o.weightReconstruction;
         }
       }
