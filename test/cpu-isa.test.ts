@@ -27,21 +27,41 @@ function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T): T {
   }
 }
 
+type Problem32 = Parameters<typeof kmclLossRaw>[0];
+type Result64 = ReturnType<typeof kmclLossRawFloat64>;
+
+/** The float32 copy of a float64 problem, and the float64 path's result on its float-rounded values. */
+function float32WithReference(p64: ReturnType<typeof randomProblem>): { p32: Problem32; ref: Result64 } {
+  const p32 = Object.fromEntries(
+    Object.entries(p64).map(([k, v]) => [k, v instanceof Float64Array ? Float32Array.from(v) : v]),
+  ) as unknown as Problem32;
+  const ref = kmclLossRawFloat64(
+    Object.fromEntries(Object.entries(p32).map(([k, v]) => [k, v instanceof Float32Array ? Float64Array.from(v) : v])) as never,
+    {},
+  );
+  return { p32, ref };
+}
+
+/** On one ISA: within 1e-6 (terms) / 1e-5 (gradients) of float64, bitwise equal for 1, 2, 3, 8 threads. */
+function expectIsaMatchesFloat64(isa: string, p32: Problem32, ref: Result64): void {
+  const runs: KmclRawResult[] = [];
+  for (const n of ['1', '2', '3', '8']) runs.push(withEnv({ KMCL_CPU_ISA: isa, KMCL_NUM_THREADS: n }, () => kmclLossRaw(p32, { device: 'cpu' })));
+  expect(ref.contrastive).toBeGreaterThan(0);
+  for (const t of TERMS) expect(Math.abs(runs[0][t] - ref[t]), t).toBeLessThanOrEqual(1e-6 * Math.abs(ref[t]) + 1e-9);
+  for (const g of GRADS) expect(relNorm(runs[0].gradients![g], ref.gradients![g]), `d/d${g}`).toBeLessThan(1e-5);
+  for (const r of runs.slice(1)) {
+    for (const t of TERMS) expect(r[t]).toBe(runs[0][t]);
+    for (const g of GRADS) expect(r.gradients![g]).toEqual(runs[0].gradients![g]);
+  }
+}
+
 // The B = 1500 shared-variance problems and their float64 results, made once for all ISAs.
-const chunked = new Map<string, { p32: Parameters<typeof kmclLossRaw>[0]; ref: KmclRawResult }>();
+const chunked = new Map<string, { p32: Problem32; ref: Result64 }>();
 function chunkedProblem(D: number, Dv: number) {
   const key = `${D},${Dv}`;
   let e = chunked.get(key);
   if (!e) {
-    const p64 = randomProblem({ seed: 90 + D + Dv, B: 1500, K: 6, M: 6, D, Kv: 1, Dv, positives: 3 }, Float64Array);
-    const p32 = Object.fromEntries(
-      Object.entries(p64).map(([k, x]) => [k, x instanceof Float64Array ? Float32Array.from(x) : x]),
-    ) as unknown as Parameters<typeof kmclLossRaw>[0];
-    const ref = kmclLossRawFloat64(
-      Object.fromEntries(Object.entries(p32).map(([k, x]) => [k, x instanceof Float32Array ? Float64Array.from(x) : x])) as never,
-      {},
-    );
-    e = { p32, ref };
+    e = float32WithReference(randomProblem({ seed: 90 + D + Dv, B: 1500, K: 6, M: 6, D, Kv: 1, Dv, positives: 3 }, Float64Array));
     chunked.set(key, e);
   }
   return e;
@@ -79,23 +99,10 @@ describe('CPU instruction sets', () => {
     describe(isa, () => {
       for (const layout of layouts(9, 20)) {
         it(`${layout.name}: within 1e-6 (terms) / 1e-5 (gradients) of float64, bitwise equal for 1, 2, 3, 8 threads`, () => {
-          const p64 = randomProblem({ seed: 40 + layout.D, B: 97, K: 9, M: 20, D: layout.D, Kv: layout.Kv, Dv: layout.Dv, positives: 3 }, Float64Array);
-          const p32 = Object.fromEntries(
-            Object.entries(p64).map(([k, v]) => [k, v instanceof Float64Array ? Float32Array.from(v) : v]),
-          ) as unknown as Parameters<typeof kmclLossRaw>[0];
-          const ref = kmclLossRawFloat64(
-            Object.fromEntries(Object.entries(p32).map(([k, v]) => [k, v instanceof Float32Array ? Float64Array.from(v) : v])) as never,
-            {},
+          const { p32, ref } = float32WithReference(
+            randomProblem({ seed: 40 + layout.D, B: 97, K: 9, M: 20, D: layout.D, Kv: layout.Kv, Dv: layout.Dv, positives: 3 }, Float64Array),
           );
-          const runs: KmclRawResult[] = [];
-          for (const n of ['1', '2', '3', '8']) runs.push(withEnv({ KMCL_CPU_ISA: isa, KMCL_NUM_THREADS: n }, () => kmclLossRaw(p32, { device: 'cpu' })));
-          expect(ref.contrastive).toBeGreaterThan(0);
-          for (const t of TERMS) expect(Math.abs(runs[0][t] - ref[t]), t).toBeLessThanOrEqual(1e-6 * Math.abs(ref[t]) + 1e-9);
-          for (const g of GRADS) expect(relNorm(runs[0].gradients![g], ref.gradients![g]), `d/d${g}`).toBeLessThan(1e-5);
-          for (const r of runs.slice(1)) {
-            for (const t of TERMS) expect(r[t]).toBe(runs[0][t]);
-            for (const g of GRADS) expect(r.gradients![g]).toEqual(runs[0].gradients![g]);
-          }
+          expectIsaMatchesFloat64(isa, p32, ref);
         });
       }
       // ASL on vectors (aslRowSimd): each option branch against the float64 path's scalar math.
@@ -136,15 +143,7 @@ describe('CPU instruction sets', () => {
       ]) {
         it(`${layout.name} at B = 1500 (shared pair terms in two chunks): within tolerance of float64, bitwise equal for 1, 2, 3, 8 threads`, () => {
           const { p32, ref } = chunkedProblem(layout.D, layout.Dv);
-          const runs: KmclRawResult[] = [];
-          for (const n of ['1', '2', '3', '8']) runs.push(withEnv({ KMCL_CPU_ISA: isa, KMCL_NUM_THREADS: n }, () => kmclLossRaw(p32, { device: 'cpu' })));
-          expect(ref.contrastive).toBeGreaterThan(0);
-          for (const t of TERMS) expect(Math.abs(runs[0][t] - ref[t]), t).toBeLessThanOrEqual(1e-6 * Math.abs(ref[t]) + 1e-9);
-          for (const g of GRADS) expect(relNorm(runs[0].gradients![g], ref.gradients![g]), `d/d${g}`).toBeLessThan(1e-5);
-          for (const r of runs.slice(1)) {
-            for (const t of TERMS) expect(r[t]).toBe(runs[0][t]);
-            for (const g of GRADS) expect(r.gradients![g]).toEqual(runs[0].gradients![g]);
-          }
+          expectIsaMatchesFloat64(isa, p32, ref);
         });
       }
       // Variance ratios of about 3e5 in some dimensions: 1 + x_m ≥ 2^15, where the product of the
@@ -154,24 +153,10 @@ describe('CPU instruction sets', () => {
       for (const Kv of [9, 1]) {
         it(`anisotropic [B,${Kv === 1 ? 1 : 'K'},M] with variance ratios near 3e5 (the dim-by-dim logarithm): within tolerance of float64, bitwise equal for 1, 2, 3, 8 threads`, () => {
           const p64 = randomProblem({ seed: 71, B: 53, K: 9, M: 24, D: 24, Kv, Dv: 24, positives: 3 }, Float64Array);
-          const v = p64.variance as Float64Array;
+          const v = p64.variance as unknown as Float64Array;
           for (let i = 0; i < 53; i += 5) for (let m = 0; m < Kv * 24; m += 7) v[i * Kv * 24 + m] = 3e-6;
-          const p32 = Object.fromEntries(
-            Object.entries(p64).map(([k, x]) => [k, x instanceof Float64Array ? Float32Array.from(x) : x]),
-          ) as unknown as Parameters<typeof kmclLossRaw>[0];
-          const ref = kmclLossRawFloat64(
-            Object.fromEntries(Object.entries(p32).map(([k, x]) => [k, x instanceof Float32Array ? Float64Array.from(x) : x])) as never,
-            {},
-          );
-          const runs: KmclRawResult[] = [];
-          for (const n of ['1', '2', '3', '8']) runs.push(withEnv({ KMCL_CPU_ISA: isa, KMCL_NUM_THREADS: n }, () => kmclLossRaw(p32, { device: 'cpu' })));
-          expect(ref.contrastive).toBeGreaterThan(0);
-          for (const t of TERMS) expect(Math.abs(runs[0][t] - ref[t]), t).toBeLessThanOrEqual(1e-6 * Math.abs(ref[t]) + 1e-9);
-          for (const g of GRADS) expect(relNorm(runs[0].gradients![g], ref.gradients![g]), `d/d${g}`).toBeLessThan(1e-5);
-          for (const r of runs.slice(1)) {
-            for (const t of TERMS) expect(r[t]).toBe(runs[0][t]);
-            for (const g of GRADS) expect(r.gradients![g]).toEqual(runs[0].gradients![g]);
-          }
+          const { p32, ref } = float32WithReference(p64);
+          expectIsaMatchesFloat64(isa, p32, ref);
         });
       }
     });
