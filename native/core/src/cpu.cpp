@@ -474,10 +474,8 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
     // Isotropic on the float path: μ and v do not depend on m, so Σ_m (z_m − μ)² = V + M (z̄ − μ)²
     // with z̄ and V = Σ_m (z_m − z̄)² computed once per sample (two passes, double): O(M + K).
     double zbar = 0, zvar = 0;
-    if (kFloat && D == 1) {
-      for (int64_t m = 0; m < M; ++m) zbar += double(z[m]);
-      zbar /= double(M);
-      for (int64_t m = 0; m < M; ++m) zvar += (double(z[m]) - zbar) * (double(z[m]) - zbar);
+    if constexpr (kFloat) {
+      if (D == 1) meanAndSpread(z, M, zbar, zvar);
     }
     for (int64_t k = 0; k < K; ++k) {
       const T* mu = c.muRow(i, k);
