@@ -515,14 +515,11 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
         maxAll = std::max(maxAll, v);
         if (c.label(i, k)) maxPos = std::max(maxPos, v);
       }
-      // ee[k] = e^{v − maxAll}, gLogP[k] = e^{v − maxPos} (positives), kept for the gradient.
       double sumAll = 0, sumPos = 0;
       for (int64_t k = 0; k < K; ++k) {
         const double v = u[k] + logp[k];
-        ee[k] = std::exp(v - maxAll);
-        sumAll += ee[k];
-        gLogP[k] = c.label(i, k) ? std::exp(v - maxPos) : 0.0;
-        sumPos += gLogP[k];
+        sumAll += std::exp(v - maxAll);
+        if (c.label(i, k)) sumPos += std::exp(v - maxPos);
       }
       const double lsePos = maxPos + std::log(sumPos), lseAll = maxAll + std::log(sumAll);
       const double logR = lsePos - lseAll;
@@ -531,10 +528,13 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
       } else {
         recRow[i] = -logR;
         hasGrad = true;
-        const double invPos = 1.0 / sumPos, invAll = 1.0 / sumAll;
+        // α − β from exponentials of differences, not from products: where every class is
+        // positive, lsePos = lseAll and α − β is exactly 0 (products would leave rounding, and
+        // an FMA contraction of a·b − c·d would amplify it).
         for (int64_t k = 0; k < K; ++k) {
-          const double alpha = gLogP[k] * invPos;  // e^{v − lsePos}
-          const double beta = ee[k] * invAll;      // e^{v − lseAll}
+          const double v = u[k] + logp[k];
+          const double alpha = c.label(i, k) ? std::exp(v - lsePos) : 0.0;
+          const double beta = std::exp(v - lseAll);
           gE[k] = gLogP[k] = -(alpha - beta) * invB * o.weightReconstruction;
         }
       }
