@@ -305,27 +305,20 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
       else classSweeps<false, false, false>(k, c, sd, a, con, q, coef);
     }
   };
-  if (c.Kv != 1) {
-    ThreadPool::instance().run(threads, K, [&](int64_t k) {
-      ClassArgs a = args0;
-      a.anchors = ws.classAnchors.data() + ws.classStart[k];
-      a.n = ws.classStart[k + 1] - ws.classStart[k];
-      a.rowBegin = 0;
-      a.rowEnd = a.n;
-      if (a.n > 0) sweepClass(k, a);
-    });
-  } else {
-    // Shared variance (Kv = 1): the class-independent pair terms once per sample pair
-    // (sharedPairTerms), for chunks of anchor samples (a table of at most 16 MiB: 2 floats per
-    // pair, at least 64 samples), then every class's anchor rows of that chunk. The chunk size
-    // depends on B only, so the order of every sum stays independent of the threads.
-    const int64_t chunk = std::min<int64_t>(B, std::max<int64_t>(64, (int64_t(16) << 20) / (8 * Bp)));
-    if (int64_t(ws.hL.size()) < chunk * Bp) {
-      ws.hL.resize(chunk * Bp);
-      ws.hR.resize(chunk * Bp);
-    }
-    for (int64_t c0 = 0; c0 < B; c0 += chunk) {
-      const int64_t c1 = std::min(B, c0 + chunk);
+  // The anchor samples in chunks; every class's anchor rows of a chunk, one task per class.
+  // Shared variance (Kv = 1): first the class-independent pair terms of the chunk's samples, once
+  // per sample pair (sharedPairTerms), in a table of at most 16 MiB (2 floats per pair, at least 64
+  // samples a chunk). Otherwise one chunk holds every sample. The chunk size depends on B only, so
+  // the order of every sum stays independent of the threads.
+  const bool shared = c.Kv == 1;
+  const int64_t chunk = shared ? std::min<int64_t>(B, std::max<int64_t>(64, (int64_t(16) << 20) / (8 * Bp))) : B;
+  if (shared && int64_t(ws.hL.size()) < chunk * Bp) {
+    ws.hL.resize(chunk * Bp);
+    ws.hR.resize(chunk * Bp);
+  }
+  for (int64_t c0 = 0; c0 < B; c0 += chunk) {
+    const int64_t c1 = std::min(B, c0 + chunk);
+    if (shared) {
       ThreadPool::instance().run(threads, c1 - c0, [&](int64_t r) {
         const int64_t i = c0 + r;
         if (c.labelCount[i] == 0) return;
@@ -335,18 +328,20 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
         else if (vdim) sharedPairTerms<false, true>(sd, i, L, R);
         else sharedPairTerms<false, false>(sd, i, L, R);
       });
-      ThreadPool::instance().run(threads, K, [&](int64_t k) {
-        ClassArgs a = args0;
-        a.anchors = ws.classAnchors.data() + ws.classStart[k];
-        a.n = ws.classStart[k + 1] - ws.classStart[k];
-        a.rowBegin = std::lower_bound(a.anchors, a.anchors + a.n, int32_t(c0)) - a.anchors;
-        a.rowEnd = std::lower_bound(a.anchors, a.anchors + a.n, int32_t(c1)) - a.anchors;
+    }
+    ThreadPool::instance().run(threads, K, [&](int64_t k) {
+      ClassArgs a = args0;
+      a.anchors = ws.classAnchors.data() + ws.classStart[k];
+      a.n = ws.classStart[k + 1] - ws.classStart[k];
+      a.rowBegin = std::lower_bound(a.anchors, a.anchors + a.n, int32_t(c0)) - a.anchors;
+      a.rowEnd = std::lower_bound(a.anchors, a.anchors + a.n, int32_t(c1)) - a.anchors;
+      if (shared) {
         a.hL = ws.hL.data();
         a.hR = ws.hR.data();
         a.hRow0 = c0;
-        if (a.rowEnd > a.rowBegin) sweepClass(k, a);
-      });
-    }
+      }
+      if (a.rowEnd > a.rowBegin) sweepClass(k, a);
+    });
   }
   double contrastive = 0;
   for (int64_t i = 0; i < B; ++i) {
@@ -613,8 +608,8 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
   // ---- 3. contrastive ----
   // |A(i)|: the samples sharing a label with i (label bitsets, O(B²·K/64)).
   zeroed(c.anchorSize, B);
-  // Branch-free over l (the compiler vectorises it); l = i itself overlaps when y_i ≠ ∅ and is
-  // taken off at the end.
+  // Branch-free over l (so the compiler can vectorise it); l = i itself overlaps when y_i ≠ ∅ and
+  // is taken off at the end.
   forEachRow(threads, B, [&](int64_t i) {
     if (c.labelCount[i] == 0) return;
     const uint64_t* bits = c.bits.data();
