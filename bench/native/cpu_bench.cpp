@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "kmcl/kmcl.h"
+#include "../../native/bench/bench_data.h"
 
 namespace {
 
@@ -57,17 +58,6 @@ struct Config {
   int64_t B, K, M, D, Kv, Dv;
 };
 
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    s ^= s >> 12;
-    s ^= s << 25;
-    s ^= s >> 27;
-    return s * 2685821657736338717ull;
-  }
-  double uni() { return double(next() >> 11) * (1.0 / 9007199254740992.0); }
-};
 
 struct Data {
   kmcl::Shape shape;
@@ -80,27 +70,7 @@ struct Data {
 Data makeData(const Config& c, uint64_t seed) {
   Data d;
   d.shape = kmcl::Shape{c.B, c.K, c.M, c.D, c.Kv, c.Dv};
-  Rng r(seed);
-  d.features.resize(c.B * c.M);
-  for (auto& x : d.features) x = float(r.uni() * 2 - 1);
-  d.logits.resize(c.B * c.K);
-  for (auto& x : d.logits) x = float(r.uni() * 6 - 3);
-  d.mu.resize(c.B * c.K * c.D);
-  for (auto& x : d.mu) x = float(r.uni() - 0.5);
-  d.variance.resize(c.B * c.Kv * c.Dv);
-  for (auto& x : d.variance) x = float(1 + 2 * r.uni());
-  d.labels.assign(c.B * c.K, 0.0f);
-  for (int64_t i = 0; i < c.B; ++i) {
-    const int64_t n = std::min<int64_t>(c.K, 1 + int64_t(r.uni() * 5));
-    for (int64_t t = 0; t < n;) {
-      const int64_t k = int64_t(r.uni() * double(c.K)) % c.K;
-      float& y = d.labels[i * c.K + k];
-      if (y == 0) {
-        y = 1;
-        ++t;
-      }
-    }
-  }
+  kmcl_bench::fillProblem(d.shape, seed, d.features, d.logits, d.labels, d.mu, d.variance);
   return d;
 }
 

@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "kmcl/kmcl.h"
+#include "bench_data.h"
 
 #if defined(KMCL_BENCH_HAS_CUDA)
 #include "../core/src/cuda/cuda_internal.h"
@@ -72,18 +73,6 @@ struct Row {
   std::string note;
 };
 
-// xorshift64*: fast, seeded, good enough for benchmark data.
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    s ^= s >> 12;
-    s ^= s << 25;
-    s ^= s >> 27;
-    return s * 2685821657736338717ull;
-  }
-  double uni() { return double(next() >> 11) * (1.0 / 9007199254740992.0); }
-};
 
 struct ProblemData {
   kmcl::Shape shape;
@@ -121,27 +110,7 @@ ProblemData makeProblem(const Config& c, const std::string& variance, uint64_t s
     s.varianceClasses = 1;
     s.varianceDim = s.muDim;
   }
-  Rng r(seed);
-  d.features.resize(size_t(s.featuresSize()));
-  for (auto& x : d.features) x = float(r.uni() * 2 - 1);
-  d.logits.resize(size_t(s.logitsSize()));
-  for (auto& x : d.logits) x = float(r.uni() * 6 - 3);
-  d.mu.resize(size_t(s.muSize()));
-  for (auto& x : d.mu) x = float(r.uni() - 0.5);
-  d.variance.resize(size_t(s.varianceSize()));
-  for (auto& x : d.variance) x = float(1 + 2 * r.uni());
-  d.labels.assign(size_t(s.logitsSize()), 0.0f);
-  for (int64_t i = 0; i < c.B; ++i) {
-    const int64_t n = std::min<int64_t>(c.K, 1 + int64_t(r.uni() * 5));  // 1 … 5, mean 3
-    for (int64_t t = 0; t < n;) {
-      const int64_t k = int64_t(r.uni() * double(c.K)) % c.K;
-      float& y = d.labels[size_t(i * c.K + k)];
-      if (y == 0) {
-        y = 1;
-        ++t;
-      }
-    }
-  }
+  kmcl_bench::fillProblem(s, seed, d.features, d.logits, d.labels, d.mu, d.variance);
   d.gFeatures.resize(d.features.size());
   d.gLogits.resize(d.logits.size());
   d.gMu.resize(d.mu.size());
