@@ -486,6 +486,35 @@ export class ClassPool {
   }
 }
 
+/**
+ * A split's share of the source digits, ascending, and one pool per class drawing from it (with
+ * instanceRng); a RangeError naming `fn` and the split when a class has no digit and the split
+ * needs some (count > 0).
+ */
+export function splitClassPools(
+  fn: string,
+  name: string,
+  count: number,
+  pool: Int32Array,
+  source: DigitSource,
+  instanceRng: Rng,
+): { sourcePool: Int32Array; classPools: ClassPool[] } {
+  const sourcePool = Int32Array.from(pool).sort();
+  const byClass: number[][] = Array.from({ length: NUM_CLASSES }, () => []);
+  for (const idx of sourcePool) byClass[source.labels[idx]].push(idx);
+  const classPools = byClass.map((list) => new ClassPool(Int32Array.from(list), instanceRng));
+  if (count > 0) {
+    const missing = classPools.flatMap((p, d) => (p.size === 0 ? [d] : []));
+    if (missing.length > 0) {
+      throw new RangeError(
+        `${fn}: the ${name} split's share of the source (${pool.length} of ${source.count} digits) ` +
+          `has no digit of class ${missing.join(', ')}; use a larger source or set ${name}Size to 0.`,
+      );
+    }
+  }
+  return { sourcePool, classPools };
+}
+
 function makeSplit(
   name: SplitName,
   count: number,
@@ -503,20 +532,7 @@ function makeSplit(
   const labels = new Float32Array(count * NUM_CLASSES);
   const sourceIndices = new Int32Array(count * CELLS_PER_IMAGE).fill(-1);
   const cellDigits = new Int8Array(count * CELLS_PER_IMAGE).fill(-1);
-  const sourcePool = Int32Array.from(pool).sort();
-
-  const byClass: number[][] = Array.from({ length: NUM_CLASSES }, () => []);
-  for (const idx of sourcePool) byClass[source.labels[idx]].push(idx);
-  const classPools = byClass.map((list) => new ClassPool(Int32Array.from(list), instanceRng));
-  if (count > 0) {
-    const missing = classPools.flatMap((p, d) => (p.size === 0 ? [d] : []));
-    if (missing.length > 0) {
-      throw new RangeError(
-        `makeMultilabelDataset: the ${name} split's share of the source (${pool.length} of ${source.count} digits) ` +
-          `has no digit of class ${missing.join(', ')}; use a larger source or set ${name}Size to 0.`,
-      );
-    }
-  }
+  const { sourcePool, classPools } = splitClassPools('makeMultilabelDataset', name, count, pool, source, instanceRng);
 
   const cells = new Int8Array(CELLS_PER_IMAGE);
   const weights = new Float64Array(NUM_CLASSES);

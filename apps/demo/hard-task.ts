@@ -40,12 +40,12 @@
  */
 import { createRng, type Rng } from '../../dev/seeded-random.js';
 import {
-  ClassPool,
   computeLabelStats,
   DIGIT_PIXELS,
   DIGIT_SIZE,
   loadMnistDigits,
   NUM_CLASSES,
+  splitClassPools,
   type CoOccurrenceDesign,
   type DigitSource,
   type LabelStats,
@@ -229,19 +229,7 @@ function makeGridSplit(
   const labels = new Float32Array(count * NUM_CLASSES);
   const sourceIndices = new Int32Array(count * GRID_CELLS).fill(-1);
   const cellDigits = new Int8Array(count * GRID_CELLS).fill(-1);
-  const sourcePool = Int32Array.from(pool).sort();
-  const byClass: number[][] = Array.from({ length: NUM_CLASSES }, () => []);
-  for (const idx of sourcePool) byClass[source.labels[idx]].push(idx);
-  const classPools = byClass.map((list) => new ClassPool(Int32Array.from(list), instanceRng));
-  if (count > 0) {
-    const missing = classPools.flatMap((p, d) => (p.size === 0 ? [d] : []));
-    if (missing.length > 0) {
-      throw new RangeError(
-        `makeGridDataset: the ${name} split's share of the source (${pool.length} of ${source.count} digits) ` +
-          `has no digit of class ${missing.join(', ')}; use a larger source or set ${name}Size to 0.`,
-      );
-    }
-  }
+  const { sourcePool, classPools } = splitClassPools('makeGridDataset', name, count, pool, source, instanceRng);
   const d = GRID_DESIGN;
   const pFragment = Math.min(1, d.fragmentProbability * difficulty);
   const pOcclude = Math.min(1, d.occlusionProbability * difficulty);
