@@ -2,6 +2,8 @@
 
 #include "kmcl/kmcl.h"
 
+#include <chrono>
+
 namespace kmcl {
 
 namespace {
@@ -23,31 +25,62 @@ ThreadPool& ThreadPool::instance() {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
+    stop_.store(true);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
+namespace {
+inline void cpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+// Polls done() for up to `micros`; true once it holds.
+template <class Done>
+bool spinFor(int micros, const Done& done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
+  for (;;) {
+    for (int j = 0; j < 64; ++j) {
+      if (done()) return true;
+      cpuRelax();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return done();
+    // Yield between polls: on a machine with more runnable threads than cores (other processes,
+    // several callers) a spinning waiter would otherwise hold a core the work needs (measured on
+    // the 2-core build VM with a compiler running: 1.57 ms a call without the yield, 0.90 with it,
+    // 0.95 without spinning).
+    std::this_thread::yield();
+  }
+}
+}  // namespace
+
+void ThreadPool::workerLoop(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    auto ready = [&] { return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen; };
+    if (!spinFor(kSpinMicros, ready)) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, ready);
+    }
+    if (stop_.load(std::memory_order_acquire)) return;
+    seen = generation_.load(std::memory_order_acquire);
+    if (index >= int(seen & 0xffff)) continue;  // not wanted in this job
+    drain();
+    if (active_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mutex_);  // the caller checks active_ under it before it sleeps
+      done_.notify_all();
+    }
+  }
+}
+
 void ThreadPool::ensureWorkers(int n) {
   while (static_cast<int>(workers_.size()) < n) {
     const int index = static_cast<int>(workers_.size());
-    workers_.emplace_back([this, index] {
-      uint64_t seen = 0;
-      for (;;) {
-        {
-          std::unique_lock<std::mutex> lock(mutex_);
-          wake_.wait(lock, [&] { return stop_ || (generation_ != seen && index < wanted_); });
-          if (stop_) return;
-          seen = generation_;
-        }
-        drain();
-        {
-          std::lock_guard<std::mutex> lock(mutex_);
-          if (--active_ == 0) done_.notify_all();
-        }
-      }
-    });
+    workers_.emplace_back([this, index] { workerLoop(index); });
   }
 }
 
@@ -78,7 +111,7 @@ void ThreadPool::run(int threads, int64_t count, const std::function<void(int64_
     return;
   }
   std::lock_guard<std::mutex> job(jobMutex_);
-  const int helpers = static_cast<int>(std::min<int64_t>(threads, count)) - 1;
+  const int helpers = static_cast<int>(std::min<int64_t>({threads, count, int64_t(0x10000)})) - 1;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     ensureWorkers(helpers);
@@ -87,16 +120,20 @@ void ThreadPool::run(int threads, int64_t count, const std::function<void(int64_
     count_ = count;
     next_.store(0, std::memory_order_relaxed);
     error_ = nullptr;
-    wanted_ = helpers;
-    active_ = helpers;
-    ++generation_;
+    active_.store(helpers, std::memory_order_relaxed);
+    const uint64_t next = (generation_.load(std::memory_order_relaxed) >> 16) + 1;
+    generation_.store(next << 16 | uint64_t(helpers), std::memory_order_release);
   }
-  wake_.notify_all();
+  wake_.notify_all();  // no system call when every worker is still spinning
   drain();
+  auto finished = [&] { return active_.load(std::memory_order_acquire) == 0; };
+  if (!spinFor(kSpinMicros, finished)) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, finished);
+  }
   std::exception_ptr error;
   {
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return active_ == 0; });
+    std::lock_guard<std::mutex> lock(mutex_);
     task_ = nullptr;
     error = error_;
     error_ = nullptr;
