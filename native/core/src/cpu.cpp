@@ -217,11 +217,12 @@ void zeroed(V& v, size_t n) {
 
 // Per-thread scratch of the per-sample pass (ASL and reconstruction), reused across calls.
 struct SampleScratch {
-  std::vector<double> u, logp, ee, gE, gLogP;
+  std::vector<double> u, logp, ee, ep, gE, gLogP;
   std::vector<uint8_t> clamped;
   void ensure(int64_t K) {
     if (int64_t(u.size()) < K) {
       u.resize(K);
+      ep.resize(K);
       logp.resize(K);
       ee.resize(K);
       gE.resize(K);
@@ -434,6 +435,7 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
     double* u = scratch.u.data();
     double* logp = scratch.logp.data();
     double* ee = scratch.ee.data();
+    double* ep = scratch.ep.data();
     double* gE = scratch.gE.data();
     double* gLogP = scratch.gLogP.data();
     uint8_t* clamped = scratch.clamped.data();
@@ -510,11 +512,16 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
         maxAll = std::max(maxAll, v);
         if (c.label(i, k)) maxPos = std::max(maxPos, v);
       }
+      // ee: e^{v − maxAll}; ep: e^{v − maxPos} of the positives (the same values where maxPos = maxAll).
       double sumAll = 0, sumPos = 0;
       for (int64_t k = 0; k < K; ++k) {
         const double v = u[k] + logp[k];
-        sumAll += std::exp(v - maxAll);
-        if (c.label(i, k)) sumPos += std::exp(v - maxPos);
+        ee[k] = std::exp(v - maxAll);
+        sumAll += ee[k];
+        if (c.label(i, k)) {
+          ep[k] = maxPos == maxAll ? ee[k] : std::exp(v - maxPos);
+          sumPos += ep[k];
+        }
       }
       const double lsePos = maxPos + std::log(sumPos), lseAll = maxAll + std::log(sumAll);
       const double logR = lsePos - lseAll;
@@ -523,13 +530,12 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
       } else {
         recRow[i] = -logR;
         hasGrad = true;
-        // α − β from exponentials of differences, not from products: where every class is
-        // positive, lsePos = lseAll and α − β is exactly 0 (products would leave rounding, and
-        // an FMA contraction of a·b − c·d would amplify it).
+        // α = e^{v − maxPos} / sumPos, β = e^{v − maxAll} / sumAll, from the exponentials above
+        // and divisions (no products to contract into an FMA): where every class is positive,
+        // maxPos = maxAll and sumPos = sumAll (same terms, same order), so α − β is exactly 0.
         for (int64_t k = 0; k < K; ++k) {
-          const double v = u[k] + logp[k];
-          const double alpha = c.label(i, k) ? std::exp(v - lsePos) : 0.0;
-          const double beta = std::exp(v - lseAll);
+          const double alpha = c.label(i, k) ? ep[k] / sumPos : 0.0;
+          const double beta = ee[k] / sumAll;
           gE[k] = gLogP[k] = -(alpha - beta) * invB * o.weightReconstruction;
         }
       }
