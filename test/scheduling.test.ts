@@ -10,10 +10,29 @@ import { describeExit, runChild } from './child.js';
 import { randomProblem, type RandomProblemSpec } from './helpers.js';
 
 const MEDIUM: RandomProblemSpec = { seed: 31, B: 200, K: 16, M: 32, D: 32, Kv: 16, Dv: 32, positives: 3 };
-// About 100–150 ms a call on the tiled SIMD CPU path of the 2-core build machine (AVX-512; 160–240
-// ms at load 5): long enough that the ordering tests below do not depend on how fast the machine
-// is or how loaded. (B = 600 was enough before the tiled kernels: 40–70 ms now.)
-const SLOW: RandomProblemSpec = { ...MEDIUM, B: 1000, M: 64, D: 64, Dv: 64 };
+// The ordering tests below need calls that stay queued: problems sized on this machine, at its
+// current speed, to take at least a given time a call (calibratedSpec: B grows until one sync call
+// takes that long). Fixed sizes broke as the kernels got faster (B = 600, then 1000, then 400 for
+// LONG all became too quick).
+let slowSpec: RandomProblemSpec | undefined;
+function slow(): RandomProblemSpec {
+  slowSpec ??= calibratedSpec({ ...MEDIUM, B: 600, M: 64, D: 64, Dv: 64 }, 100);
+  return slowSpec;
+}
+
+function calibratedSpec(base: RandomProblemSpec, minMs: number, maxB = 6000): RandomProblemSpec {
+  let spec = base;
+  for (;;) {
+    const p = randomProblem(spec);
+    kmclLossRaw(p, cpu); // warm-up
+    const t0 = performance.now();
+    kmclLossRaw(p, cpu);
+    const ms = performance.now() - t0;
+    if (ms >= minMs || spec.B >= maxB) return spec;
+    // The work grows as B²: aim 20 % past the target.
+    spec = { ...spec, B: Math.min(maxB, Math.ceil(spec.B * Math.max(1.2, Math.sqrt((1.2 * minMs) / ms)))) };
+  }
+}
 const cpu = { device: 'cpu' as const };
 
 function startWorker(mode: 'sync' | 'async' | 'queue', spec: RandomProblemSpec, queue?: number): Worker {
@@ -23,7 +42,7 @@ function startWorker(mode: 'sync' | 'async' | 'queue', spec: RandomProblemSpec, 
 
 describe("kmcl's own job queue", () => {
   it("queued async calls leave libuv's thread pool free: fs.readFile settles before the second job", async () => {
-    const p = randomProblem(SLOW);
+    const p = randomProblem(slow());
     const order: string[] = [];
     const jobs = Array.from({ length: 8 }, (_, j) => kmclLossRawAsync(p, cpu).then(() => order.push(`job${j}`)));
     const io = Promise.all([readFile(new URL('../package.json', import.meta.url)), readFile(new URL('./helpers.ts', import.meta.url))]).then(() =>
@@ -34,7 +53,7 @@ describe("kmcl's own job queue", () => {
   });
 
   it('a sync call made while 8 async calls are queued waits for at most the running one', async () => {
-    const p = randomProblem(SLOW);
+    const p = randomProblem(slow());
     const expected = kmclLossRaw(p, cpu);
     const jobs = Array.from({ length: 8 }, () => kmclLossRawAsync(p, cpu));
     await new Promise((r) => setTimeout(r, 5));
@@ -51,7 +70,7 @@ describe("kmcl's own job queue", () => {
   });
 
   it("terminating a worker drops its queued jobs; the main thread's calls go on", async () => {
-    const LONG: RandomProblemSpec = { ...MEDIUM, B: 400 };
+    const LONG = calibratedSpec({ ...MEDIUM, B: 400 }, 30);
     const p = randomProblem(LONG);
     const expected = kmclLossRaw(p, cpu).loss;
     const before = asyncJobStats();
