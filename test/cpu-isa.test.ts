@@ -31,21 +31,22 @@ type Problem32 = Parameters<typeof kmclLossRaw>[0];
 type Result64 = ReturnType<typeof kmclLossRawFloat64>;
 
 /** The float32 copy of a float64 problem, and the float64 path's result on its float-rounded values. */
-function float32WithReference(p64: ReturnType<typeof randomProblem>): { p32: Problem32; ref: Result64 } {
+function float32WithReference(p64: ReturnType<typeof randomProblem>, options: Record<string, unknown> = {}): { p32: Problem32; ref: Result64 } {
   const p32 = Object.fromEntries(
     Object.entries(p64).map(([k, v]) => [k, v instanceof Float64Array ? Float32Array.from(v) : v]),
   ) as unknown as Problem32;
   const ref = kmclLossRawFloat64(
     Object.fromEntries(Object.entries(p32).map(([k, v]) => [k, v instanceof Float32Array ? Float64Array.from(v) : v])) as never,
-    {},
+    options,
   );
   return { p32, ref };
 }
 
 /** On one ISA: within 1e-6 (terms) / 1e-5 (gradients) of float64, bitwise equal for 1, 2, 3, 8 threads. */
-function expectIsaMatchesFloat64(isa: string, p32: Problem32, ref: Result64): void {
+function expectIsaMatchesFloat64(isa: string, p32: Problem32, ref: Result64, options: Record<string, unknown> = {}): void {
   const runs: KmclRawResult[] = [];
-  for (const n of ['1', '2', '3', '8']) runs.push(withEnv({ KMCL_CPU_ISA: isa, KMCL_NUM_THREADS: n }, () => kmclLossRaw(p32, { device: 'cpu' })));
+  for (const n of ['1', '2', '3', '8'])
+    runs.push(withEnv({ KMCL_CPU_ISA: isa, KMCL_NUM_THREADS: n }, () => kmclLossRaw(p32, { ...options, device: 'cpu' })));
   expect(ref.contrastive).toBeGreaterThan(0);
   for (const t of TERMS) expect(Math.abs(runs[0][t] - ref[t]), t).toBeLessThanOrEqual(1e-6 * Math.abs(ref[t]) + 1e-9);
   for (const g of GRADS) expect(relNorm(runs[0].gradients![g], ref.gradients![g]), `d/d${g}`).toBeLessThan(1e-5);
@@ -103,6 +104,18 @@ describe('CPU instruction sets', () => {
             randomProblem({ seed: 40 + layout.D, B: 97, K: 9, M: 20, D: layout.D, Kv: layout.Kv, Dv: layout.Dv, positives: 3 }, Float64Array),
           );
           expectIsaMatchesFloat64(isa, p32, ref);
+        });
+      }
+      // 1/τ > 80: S_ik shifted by the row's max in a second pass (1/τ ≤ 80, every test above: the
+      // shift 1 in the BC pass itself).
+      for (const layout of layouts(9, 20)) {
+        it(`${layout.name}, temperature 0.01 (S shifted by the row max): within tolerance of float64, bitwise equal for 1, 2, 3, 8 threads`, () => {
+          const options = { temperature: 0.01 };
+          const { p32, ref } = float32WithReference(
+            randomProblem({ seed: 50 + layout.D, B: 97, K: 9, M: 20, D: layout.D, Kv: layout.Kv, Dv: layout.Dv, positives: 3 }, Float64Array),
+            options,
+          );
+          expectIsaMatchesFloat64(isa, p32, ref, options);
         });
       }
       // ASL on vectors (aslRowSimd): each option branch against the float64 path's scalar math.
