@@ -305,6 +305,8 @@ export interface AsyncJobStats {
   pooledSets: number;
   /** Bytes of capacity of the idle buffer sets now (at most 256 MiB; sets in use not counted). */
   pooledBytes: number;
+  /** Buffer sets held by live jobs now (taken, not given back yet): 0 once every job is gone. */
+  buffersInUse: number;
 }
 
 export function asyncJobStats(): AsyncJobStats {

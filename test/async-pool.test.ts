@@ -3,6 +3,7 @@
 // idle capacity) and gives them back when it is destroyed; jobStats() counts the sets that had to
 // be allocated or grown and those reused. The tests of one file run in one process, one after the
 // other, so the counters' deltas below are exact.
+import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { kmclLossRaw, kmclLossRawAsync } from '../src/index.js';
 import { asyncJobStats, GRADIENT_NAMES, type KmclOut, type KmclProblem } from '../src/raw.js';
@@ -57,6 +58,7 @@ describe('async calls reuse pooled buffers', () => {
       expectSame(got as Result, want as Result, `call ${c}`);
       for (const g of GRADIENT_NAMES) expect(got.gradients![g]).toBe(out[g]);
       const s = expectBounded();
+      expect(s.buffersInUse, `call ${c}: sets still held after it settled`).toBe(0);
       if (c === 1) {
         after1 = s;
         expect(s.buffersAllocated + s.buffersReused - s0.buffersAllocated - s0.buffersReused).toBe(1);
@@ -103,6 +105,8 @@ describe('async calls reuse pooled buffers', () => {
     const problems = specs.map((s) => randomProblem(s));
     const outs = problems.map((p) => outsFor(p));
     const pending = problems.map((p, j) => kmclLossRawAsync(p, { device: 'cpu', ...(j % 2 ? { out: outs[j] } : {}) }));
+    // Four sets held at once, one per pending job (none settles before this synchronous code ends).
+    expect(asyncJobStats().buffersInUse - s0.buffersInUse).toBe(4);
     for (const p of problems) {
       p.features.fill(NaN);
       p.mu.fill(7);
@@ -112,6 +116,7 @@ describe('async calls reuse pooled buffers', () => {
     const got = await Promise.all(pending);
     for (let j = 0; j < got.length; j++) expectSame(got[j] as Result, wants[j] as Result, `call ${j}`);
     const s1 = expectBounded();
+    expect(s1.buffersInUse).toBe(0);
     expect(s1.buffersAllocated + s1.buffersReused - s0.buffersAllocated - s0.buffersReused).toBe(4);
     // All four sets are idle again (the pool keeps up to 4): a second round allocates nothing.
     expect(s1.pooledSets).toBe(MAX_SETS);
@@ -146,5 +151,31 @@ describe('async calls reuse pooled buffers', () => {
     expect(s1.pooledSets).toBeLessThanOrEqual(s0.pooledSets);
     expect(s1.pooledBytes).toBeLessThanOrEqual(s0.pooledBytes);
     expect(got.loss).toBe(kmclLossRaw(p, { device: 'cpu', gradients: false }).loss);
+  });
+
+  it('a terminated worker\'s jobs (dropped, stopped or finished) all give their sets back', async () => {
+    const s0 = asyncJobStats();
+    const spec: RandomProblemSpec = { seed: 630, B: 600, K: 16, M: 32, D: 32, Kv: 16, Dv: 32, positives: 3 };
+    const entry = new URL('./workers/compute-worker.ts', import.meta.url).href;
+    const w = new Worker(new URL('./workers/boot.mjs', import.meta.url), { workerData: { entry, mode: 'queue', spec, queue: 40 }, execArgv: [] });
+    await new Promise<void>((resolve, reject) => {
+      w.on('message', (m: { loss?: number }) => m.loss !== undefined && resolve());
+      w.on('error', reject);
+    });
+    await w.terminate();
+    // The running job leaves the queue thread at its next work chunk; wait (bounded) for it.
+    const deadline = Date.now() + 60_000;
+    let s = asyncJobStats();
+    while ((s.queued > 0 || s.buffersInUse > 0) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+      s = asyncJobStats();
+    }
+    expect(s.queued).toBe(0);
+    expect(s.buffersInUse).toBe(0);
+    expectBounded();
+    expect(s.buffersAllocated + s.buffersReused - s0.buffersAllocated - s0.buffersReused).toBe(40);
+    const cancelled = s.cancelledQueued + s.cancelledRunning - s0.cancelledQueued - s0.cancelledRunning;
+    expect(cancelled + s.completed - s0.completed).toBe(40);
+    expect(cancelled, 'some jobs were dropped at the teardown (the path under test)').toBeGreaterThan(0);
   });
 });

@@ -457,11 +457,13 @@ class BufferPool {
     }
     if (!set) set = std::make_unique<JobBuffers>();
     *fits = set->fits(need);
+    ++inUse_;
     return set;
   }
 
   // Never throws (called from destructors); a set that cannot be kept is freed.
   void give(std::unique_ptr<JobBuffers> set) noexcept {
+    --inUse_;
     std::unique_ptr<JobBuffers> drop[kMaxSets + 1];
     try {
       std::lock_guard<std::mutex> l(mutex_);
@@ -479,10 +481,11 @@ class BufferPool {
     }
   }  // the dropped sets (and set, if it was not kept) are freed here, outside the lock
 
-  void counts(int64_t* sets, int64_t* bytes) {
+  void counts(int64_t* sets, int64_t* bytes, int64_t* inUse) {
     std::lock_guard<std::mutex> l(mutex_);
     *sets = static_cast<int64_t>(idle_.size());
     *bytes = static_cast<int64_t>(idleBytes_);
+    *inUse = inUse_.load();
   }
 
  private:
@@ -490,6 +493,7 @@ class BufferPool {
   std::mutex mutex_;
   std::vector<std::unique_ptr<JobBuffers>> idle_;
   size_t idleBytes_ = 0;
+  std::atomic<int64_t> inUse_{0};  // sets taken and not given back yet (held by live jobs)
 };
 
 struct ReturnToPool {
@@ -870,10 +874,11 @@ Napi::Value JobStats(const Napi::CallbackInfo& info) {
   out.Set("queued", static_cast<double>(JobQueue::instance().queued()));
   out.Set("buffersAllocated", static_cast<double>(s.buffersAllocated.load()));
   out.Set("buffersReused", static_cast<double>(s.buffersReused.load()));
-  int64_t sets = 0, bytes = 0;
-  BufferPool::instance().counts(&sets, &bytes);
+  int64_t sets = 0, bytes = 0, inUse = 0;
+  BufferPool::instance().counts(&sets, &bytes, &inUse);
   out.Set("pooledSets", static_cast<double>(sets));
   out.Set("pooledBytes", static_cast<double>(bytes));
+  out.Set("buffersInUse", static_cast<double>(inUse));
   return out;
 }
 
