@@ -294,6 +294,19 @@ export interface AsyncJobStats {
   undelivered: number;
   /** Jobs waiting now. */
   queued: number;
+  /**
+   * Async calls whose buffer set (input copies and gradient buffers) had to be allocated or grown:
+   * the pool held no idle set with room enough. Every async call counts here or in `buffersReused`.
+   */
+  buffersAllocated: number;
+  /** Async calls that took an idle buffer set from the pool with room enough (no allocation). */
+  buffersReused: number;
+  /** Idle buffer sets in the pool now (at most 4). */
+  pooledSets: number;
+  /** Bytes of capacity of the idle buffer sets now (at most 256 MiB; sets in use not counted). */
+  pooledBytes: number;
+  /** Buffer sets held by live jobs now (taken, not given back yet): 0 once every job is gone. */
+  buffersInUse: number;
 }
 
 export function asyncJobStats(): AsyncJobStats {

@@ -10,6 +10,7 @@
 //
 // Async calls run on kmcl's own job queue (one thread, never libuv's pool). A job owns copies of
 // its inputs, taken when the call is made, and its outputs; it touches no JS memory while it runs.
+// That memory comes from a bounded pool of buffer sets reused across calls (BufferPool, below).
 // The caller's out arrays are written only when the promise settles, on the calling thread, after
 // they are checked again (a transfer or a resize may have happened meanwhile): all or none.
 // Its promise settles on the calling environment's thread through a thread-safe function. When an
@@ -182,12 +183,12 @@ int64_t gradSize(const Shape& s, int j) {
   }
 }
 
-// The gradient buffers of an async job, owned by C++ until they are copied into JS arrays.
+// The gradient buffers of an async job, owned by C++ until they are copied into JS arrays. From the
+// job buffer pool (below), sized when the job starts; the core overwrites every element (it writes
+// the caller's out arrays the same way in sync calls), so reused ones are not zeroed.
 template <class T>
 struct GradientBuffers {
   std::vector<T> features, logits, mu, variance;
-  explicit GradientBuffers(const Shape& s)
-      : features(s.featuresSize()), logits(s.logitsSize()), mu(s.muSize()), variance(s.varianceSize()) {}
   Gradients<T> view() { return Gradients<T>{features.data(), logits.data(), mu.data(), variance.data()}; }
   const std::vector<T>& at(int j) const { return j == 0 ? features : j == 1 ? logits : j == 2 ? mu : variance; }
 };
@@ -384,10 +385,139 @@ Napi::Value ComputeSync(const Napi::CallbackInfo& info) {
 // Process-wide counters (tests read them through jobStats()).
 struct Stats {
   std::atomic<int64_t> submitted{0}, started{0}, completed{0}, cancelledQueued{0}, cancelledRunning{0}, undelivered{0};
+  // Async calls whose buffer set came from the pool with room enough (reused) or had to be
+  // allocated or grown (allocated); every async call counts in exactly one.
+  std::atomic<int64_t> buffersAllocated{0}, buffersReused{0};
 };
 Stats& stats() {
   static Stats* s = new Stats();
   return *s;
+}
+
+// ---- the buffer pool of async jobs ----
+
+// The memory of one async job: copies of its five inputs and its four gradient buffers.
+struct JobBuffers {
+  std::vector<float> features, logits, labels, mu, variance;
+  GradientBuffers<float> grads;
+
+  static constexpr int kCount = 5 + kGradCount;
+  std::vector<float>* at(int j) {
+    std::vector<float>* v[kCount] = {&features, &logits, &labels, &mu, &variance, &grads.features, &grads.logits, &grads.mu, &grads.variance};
+    return v[j];
+  }
+  size_t bytes() {
+    size_t n = 0;
+    for (int j = 0; j < kCount; ++j) n += at(j)->capacity();
+    return n * sizeof(float);
+  }
+  bool fits(const size_t need[kCount]) {
+    for (int j = 0; j < kCount; ++j)
+      if (at(j)->capacity() < need[j]) return false;
+    return true;
+  }
+};
+
+// A bounded, process-wide pool of job buffer sets, so that async calls of the same or a smaller
+// size allocate nothing for their inputs and gradients in the steady state. A job takes a set when
+// the call is made (the smallest that fits; if none fits, the largest, which then grows) and gives
+// it back when the job is destroyed, on whichever thread and by whichever path (settled, dropped,
+// cancelled, undelivered, environment teardown). Bounds: at most kMaxSets idle sets and kMaxBytes
+// (256 MiB) of idle capacity; beyond either, the largest idle sets are freed, so one huge call
+// does not pin its memory. Sets that are in use by jobs are not counted against the bounds.
+class BufferPool {
+ public:
+  static constexpr size_t kMaxSets = 4;
+  static constexpr size_t kMaxBytes = size_t(256) << 20;
+
+  static BufferPool& instance() {
+    static BufferPool* p = new BufferPool();  // leaked: jobs may be destroyed during process exit
+    return *p;
+  }
+
+  // A set whose capacities fit need (element counts, in JobBuffers::at order), or one that will
+  // have to grow (*fits false).
+  std::unique_ptr<JobBuffers> take(const size_t need[JobBuffers::kCount], bool* fits) {
+    std::unique_ptr<JobBuffers> set;
+    {
+      std::lock_guard<std::mutex> l(mutex_);
+      int best = -1, largest = -1;
+      size_t bestBytes = 0, largestBytes = 0;
+      for (int j = 0; j < static_cast<int>(idle_.size()); ++j) {
+        const size_t b = idle_[j]->bytes();
+        if (idle_[j]->fits(need) && (best < 0 || b < bestBytes)) best = j, bestBytes = b;
+        if (largest < 0 || b > largestBytes) largest = j, largestBytes = b;
+      }
+      const int pick = best >= 0 ? best : largest;
+      if (pick >= 0) {
+        set = std::move(idle_[pick]);
+        idle_.erase(idle_.begin() + pick);
+        idleBytes_ -= pick == best ? bestBytes : largestBytes;
+      }
+    }
+    if (!set) set = std::make_unique<JobBuffers>();
+    *fits = set->fits(need);
+    ++inUse_;
+    return set;
+  }
+
+  // Never throws (called from destructors); a set that cannot be kept is freed.
+  void give(std::unique_ptr<JobBuffers> set) noexcept {
+    --inUse_;
+    std::unique_ptr<JobBuffers> drop[kMaxSets + 1];
+    try {
+      std::lock_guard<std::mutex> l(mutex_);
+      idleBytes_ += set->bytes();
+      idle_.push_back(std::move(set));  // within the capacity reserved below: no allocation
+      for (int d = 0; idle_.size() > kMaxSets || idleBytes_ > kMaxBytes; ++d) {
+        size_t j = 0;
+        for (size_t k = 1; k < idle_.size(); ++k)
+          if (idle_[k]->bytes() > idle_[j]->bytes()) j = k;
+        idleBytes_ -= idle_[j]->bytes();
+        drop[d] = std::move(idle_[j]);
+        idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(j));
+      }
+    } catch (...) {
+    }
+  }  // the dropped sets (and set, if it was not kept) are freed here, outside the lock
+
+  void counts(int64_t* sets, int64_t* bytes, int64_t* inUse) {
+    std::lock_guard<std::mutex> l(mutex_);
+    *sets = static_cast<int64_t>(idle_.size());
+    *bytes = static_cast<int64_t>(idleBytes_);
+    *inUse = inUse_.load();
+  }
+
+ private:
+  BufferPool() { idle_.reserve(kMaxSets + 1); }
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<JobBuffers>> idle_;
+  size_t idleBytes_ = 0;
+  std::atomic<int64_t> inUse_{0};  // sets taken and not given back yet (held by live jobs)
+};
+
+struct ReturnToPool {
+  void operator()(JobBuffers* set) const noexcept { BufferPool::instance().give(std::unique_ptr<JobBuffers>(set)); }
+};
+using PooledBuffers = std::unique_ptr<JobBuffers, ReturnToPool>;
+
+// v sized n; within its capacity this allocates nothing. When it must grow, the old memory is
+// freed first and exactly n elements are reserved.
+void sizeTo(std::vector<float>& v, size_t n) {
+  if (v.capacity() < n) {
+    std::vector<float>().swap(v);
+    v.reserve(n);
+  }
+  v.resize(n);
+}
+
+// v holds a copy of data[0, n); within its capacity this allocates nothing.
+void copyInto(std::vector<float>& v, const float* data, size_t n) {
+  if (v.capacity() < n) {
+    std::vector<float>().swap(v);
+    v.reserve(n);
+  }
+  v.assign(data, data + n);
 }
 
 struct Job;
@@ -406,11 +536,12 @@ struct Job {
   std::shared_ptr<EnvState> env;
   napi_deferred deferred = nullptr;
   Shape shape;
-  std::vector<float> features, logits, labels, mu, variance;  // owned copies, taken at the call
+  // Copies of the inputs, taken at the call, and the gradient buffers (sized when the job starts,
+  // if gradients are asked for); from the pool, and given back when the job is destroyed.
+  PooledBuffers buffers;
   Options options;
   Device device = Device::Cpu;
   bool wantGrad = false;
-  std::unique_ptr<GradientBuffers<float>> grads;  // allocated by the queue thread
   // The caller's out arrays (options.out), referenced so that they stay alive until the promise
   // settles. Raw handles: only settle() (on the environment's thread) reads and deletes them. A job
   // destroyed anywhere else belongs to an environment being torn down, which frees its references.
@@ -421,11 +552,11 @@ struct Job {
   Problem<float> problem() const {
     Problem<float> p;
     p.shape = shape;
-    p.features = features.data();
-    p.logits = logits.data();
-    p.labels = labels.data();
-    p.mu = mu.data();
-    p.variance = variance.data();
+    p.features = buffers->features.data();
+    p.logits = buffers->logits.data();
+    p.labels = buffers->labels.data();
+    p.mu = buffers->mu.data();
+    p.variance = buffers->variance.data();
     return p;
   }
 };
@@ -531,10 +662,16 @@ class JobQueue {
       std::lock_guard<FairLock> lock(computeLock());
       if (job->env->cancel.load()) throw kmcl::Cancelled();
       ++stats().started;  // holds the lock: counts jobs that got to compute
-      if (job->wantGrad) job->grads = std::make_unique<GradientBuffers<float>>(job->shape);
       Gradients<float> view;
-      if (job->grads) view = job->grads->view();
-      job->result = run<float>(job->device, job->problem(), job->options, job->grads ? &view : nullptr);
+      if (job->wantGrad) {
+        GradientBuffers<float>& g = job->buffers->grads;
+        sizeTo(g.features, size_t(job->shape.featuresSize()));
+        sizeTo(g.logits, size_t(job->shape.logitsSize()));
+        sizeTo(g.mu, size_t(job->shape.muSize()));
+        sizeTo(g.variance, size_t(job->shape.varianceSize()));
+        view = g.view();
+      }
+      job->result = run<float>(job->device, job->problem(), job->options, job->wantGrad ? &view : nullptr);
     } catch (const kmcl::Cancelled&) {
       ++stats().cancelledRunning;
       return false;
@@ -586,7 +723,7 @@ void settle(napi_env env, napi_value, void* context, void* data) {
     Napi::HandleScope scope(e);
     if (!job->error.empty()) {
       napi_reject_deferred(env, job->deferred, Napi::Error::New(e, job->error).Value());
-    } else if (!job->grads) {
+    } else if (!job->wantGrad) {
       napi_resolve_deferred(env, job->deferred, resultObject(e, job->result, nullptr));
     } else {
       // The caller's out arrays are checked again: they may have been transferred or resized
@@ -607,10 +744,11 @@ void settle(napi_env env, napi_value, void* context, void* data) {
         arrays[j] = Napi::Value(env, v);
       }
       // New arrays first (they can fail: out of memory), then the copies into out (they cannot).
+      const GradientBuffers<float>& grads = job->buffers->grads;
       for (int j = 0; j < kGradCount; ++j)
-        if (!data[j]) arrays[j] = toArray(e, job->grads->at(j));
+        if (!data[j]) arrays[j] = toArray(e, grads.at(j));
       for (int j = 0; j < kGradCount; ++j)
-        if (data[j]) std::memcpy(data[j], job->grads->at(j).data(), job->grads->at(j).size() * sizeof(float));
+        if (data[j]) std::memcpy(data[j], grads.at(j).data(), grads.at(j).size() * sizeof(float));
       napi_resolve_deferred(env, job->deferred, resultObject(e, job->result, arrays));
     }
   } catch (const Napi::Error& err) {
@@ -657,8 +795,24 @@ std::shared_ptr<EnvState> envState(Napi::Env env) {
   throw Napi::Error::New(env, "kmcl: the addon was not initialised in this environment");
 }
 
-// Copies a validated input of the async call; the job reads only this copy.
-std::vector<float> copyOf(const float* data, int64_t n) { return std::vector<float>(data, data + n); }
+// The buffers of an async call from the pool, with copies of its validated inputs (the job reads
+// only these). Counted as reused when every buffer, the gradient buffers included, has room enough.
+PooledBuffers jobBuffers(const Problem<float>& p, bool wantGrad) {
+  const Shape& s = p.shape;
+  const size_t g = wantGrad ? 1 : 0;
+  const size_t need[JobBuffers::kCount] = {
+      size_t(s.featuresSize()),     size_t(s.logitsSize()),     size_t(s.logitsSize()),
+      size_t(s.muSize()),           size_t(s.varianceSize()),   g * size_t(s.featuresSize()),
+      g * size_t(s.logitsSize()),   g * size_t(s.muSize()),     g * size_t(s.varianceSize())};
+  bool fits = false;
+  PooledBuffers set(BufferPool::instance().take(need, &fits).release());
+  ++(fits ? stats().buffersReused : stats().buffersAllocated);
+  const float* inputs[5] = {p.features, p.logits, p.labels, p.mu, p.variance};
+  for (int j = 0; j < 5; ++j) copyInto(*set->at(j), inputs[j], need[j]);
+  // The gradient buffers are sized by the queue thread when the job starts (JobQueue::runOne):
+  // growing them costs the calling thread nothing.
+  return set;
+}
 
 // computeAsync(problem, options, wantGradients, device, out?)
 Napi::Value ComputeAsync(const Napi::CallbackInfo& info) {
@@ -684,11 +838,7 @@ Napi::Value ComputeAsync(const Napi::CallbackInfo& info) {
   auto job = std::make_unique<Job>();
   job->env = state;
   job->shape = p.shape;
-  job->features = copyOf(p.features, p.shape.featuresSize());
-  job->logits = copyOf(p.logits, p.shape.logitsSize());
-  job->labels = copyOf(p.labels, p.shape.logitsSize());
-  job->mu = copyOf(p.mu, p.shape.muSize());
-  job->variance = copyOf(p.variance, p.shape.varianceSize());
+  job->buffers = jobBuffers(p, wantGrad);
   job->options = o;
   job->device = device;
   job->wantGrad = wantGrad;
@@ -722,6 +872,13 @@ Napi::Value JobStats(const Napi::CallbackInfo& info) {
   out.Set("cancelledRunning", static_cast<double>(s.cancelledRunning.load()));
   out.Set("undelivered", static_cast<double>(s.undelivered.load()));
   out.Set("queued", static_cast<double>(JobQueue::instance().queued()));
+  out.Set("buffersAllocated", static_cast<double>(s.buffersAllocated.load()));
+  out.Set("buffersReused", static_cast<double>(s.buffersReused.load()));
+  int64_t sets = 0, bytes = 0, inUse = 0;
+  BufferPool::instance().counts(&sets, &bytes, &inUse);
+  out.Set("pooledSets", static_cast<double>(sets));
+  out.Set("pooledBytes", static_cast<double>(bytes));
+  out.Set("buffersInUse", static_cast<double>(inUse));
   return out;
 }
 
