@@ -571,7 +571,7 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
       double* gz = gFeatures.data() + i * M;
       double A = 0, C = 0;  // isotropic: Σ_k gE_k/v_k and Σ_k gE_k μ_k/v_k
       for (int64_t k = 0; k < K; ++k) {
-        gLogits[i * K + k] += gLogP[k] * double(math::sigmoid(-a[k]));  // ∂log p/∂a = 1 - p
+        gLogits[i * K + k] += gLogP[k] * double(as.sigNeg[k]);  // ∂log p/∂a = 1 − p = σ(−a), from the vector ASL
         if (gE[k] == 0) continue;
         const T* mu = c.muRow(i, k);
         const int64_t ov = c.varOffset(i, k);
