@@ -197,7 +197,7 @@ struct Context {
 // steady state): a call takes the shared workspace when it is free (calls from several threads
 // at once use a private one for the overlapping call). Vectors only grow.
 struct Workspace {
-  std::vector<double> gLogits, gFeatures, gMu, gVar, aslRow, recRow, conIK, Q, coef;
+  std::vector<double> gLogits, gFeatures, gMu, gVar, aslRow, recRow, conIK, coef;
   std::vector<float> invVarF;
   std::vector<double> invVarD;
   std::vector<uint64_t> bits;
@@ -280,8 +280,8 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
       for (int64_t m = 0; m < varRows; ++m) v[tileOffset(l, m, varRows)] = iv[tileOffset(l, m, varRows)] = 1.0f;
     }
   });
+  // Class-major (k·B + i): the tasks of different classes write different cache lines.
   zeroed(ws.conIK, B * K);
-  zeroed(ws.Q, B * K);
   zeroed(ws.coef, B);
   for (int64_t i = 0; i < B; ++i)
     if (c.anchorSize[i] > 0) ws.coef[i] = -o.weightContrastive * invB * invTau / double(c.anchorSize[i]);
@@ -293,17 +293,16 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
   auto sweepClass = [&](int64_t k, ClassArgs& a) {
     const bool sh = a.hL != nullptr;
     double* con = ws.conIK.data();
-    double* q = ws.Q.data();
     const double* coef = ws.coef.data();
     if (iso) {
-      if (sh) classSweeps<true, false, true>(k, c, sd, a, con, q, coef);
-      else classSweeps<true, false, false>(k, c, sd, a, con, q, coef);
+      if (sh) classSweeps<true, false, true>(k, c, sd, a, con, coef);
+      else classSweeps<true, false, false>(k, c, sd, a, con, coef);
     } else if (vdim) {
-      if (sh) classSweeps<false, true, true>(k, c, sd, a, con, q, coef);
-      else classSweeps<false, true, false>(k, c, sd, a, con, q, coef);
+      if (sh) classSweeps<false, true, true>(k, c, sd, a, con, coef);
+      else classSweeps<false, true, false>(k, c, sd, a, con, coef);
     } else {
-      if (sh) classSweeps<false, false, true>(k, c, sd, a, con, q, coef);
-      else classSweeps<false, false, false>(k, c, sd, a, con, q, coef);
+      if (sh) classSweeps<false, false, true>(k, c, sd, a, con, coef);
+      else classSweeps<false, false, false>(k, c, sd, a, con, coef);
     }
   };
   // The anchor samples in chunks; every class's anchor rows of a chunk, one task per class.
@@ -348,7 +347,7 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
   for (int64_t i = 0; i < B; ++i) {
     if (c.anchorSize[i] == 0) continue;
     double row = 0;
-    for (int64_t k = 0; k < K; ++k) row += ws.conIK[i * K + k];
+    for (int64_t k = 0; k < K; ++k) row += ws.conIK[k * B + i];
     contrastive += -row / double(c.anchorSize[i]);
   }
   contrastive *= invB;
