@@ -210,6 +210,11 @@ struct Workspace {
 };
 
 template <class V>
+void sized(V& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+template <class V>
 void zeroed(V& v, size_t n) {
   if (v.size() < n) v.resize(n);
   std::fill(v.begin(), v.begin() + n, typename V::value_type{});
@@ -251,21 +256,42 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
   const int64_t Bp = sd.Bp, varRows = sd.varRows;
   const int64_t muN = K * D * Bp;
   const int64_t varN = K * varRows * Bp;
-  if (int64_t(sd.mu.size()) < muN) sd.mu.resize(muN);
-  if (int64_t(sd.var.size()) < varN) {
+  const bool wantGradC = wantGrad && o.weightContrastive > 0;
+  if (wantGradC) {
+    sized(sd.gmu, muN);
+    sized(sd.gvar, varN);
+  }
+  // Class-major (k·B + i): the tasks of different classes write different cache lines.
+  sized(ws.conIK, B * K);
+  // Class k's class-major copies in tiles of kW partners (cpu_simd.inc, SimdData), and its
+  // accumulators zeroed: done by the task that then sweeps the class (unless the variance is
+  // shared, whose pair terms need every class's copy first), so the data stay in that core's cache.
+  // Without a shared variance the copies go to the sweeping thread's own buffers (a class's sweeps
+  // read only that class), which stay in its cache from call to call; with one, to sd (the pair
+  // terms read class 0's variance before the sweeps).
+  const bool shared = c.Kv == 1;
+  if (shared && int64_t(sd.mu.size()) < muN) sd.mu.resize(muN);
+  if (shared && int64_t(sd.var.size()) < varN) {
     sd.var.resize(varN);
     sd.ivar.resize(varN);
   }
-  const bool wantGradC = wantGrad && o.weightContrastive > 0;
-  if (wantGradC) {
-    zeroed(sd.gmu, muN);
-    zeroed(sd.gvar, varN);
-  }
-  // Class-major copies in tiles of kW partners (cpu_simd.inc, SimdData).
-  ThreadPool::instance().run(threads, K, [&](int64_t k) {
-    float* mu = sd.mu.data() + k * D * Bp;
-    float* v = sd.var.data() + k * varRows * Bp;
-    float* iv = sd.ivar.data() + k * varRows * Bp;
+  auto prepareClass = [&](int64_t k, ClassData& cd) {
+    float* mu;
+    float* v;
+    float* iv;
+    if (shared) {
+      mu = sd.mu.data() + k * D * Bp;
+      v = sd.var.data() + k * varRows * Bp;
+      iv = sd.ivar.data() + k * varRows * Bp;
+    } else {
+      cd.ensure(D * Bp, varRows * Bp);
+      mu = cd.mu.data();
+      v = cd.var.data();
+      iv = cd.ivar.data();
+    }
+    cd.muK = mu;
+    cd.vK = v;
+    cd.ivK = iv;
     for (int64_t l = 0; l < B; ++l) {
       const float* src = c.muRow(l, k);
       for (int64_t m = 0; m < D; ++m) mu[tileOffset(l, m, D)] = src[m];
@@ -279,9 +305,18 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
       for (int64_t m = 0; m < D; ++m) mu[tileOffset(l, m, D)] = 0.0f;
       for (int64_t m = 0; m < varRows; ++m) v[tileOffset(l, m, varRows)] = iv[tileOffset(l, m, varRows)] = 1.0f;
     }
-  });
-  // Class-major (k·B + i): the tasks of different classes write different cache lines.
-  zeroed(ws.conIK, B * K);
+    if (wantGradC) {
+      std::fill(sd.gmu.begin() + k * D * Bp, sd.gmu.begin() + (k + 1) * D * Bp, 0.0);
+      std::fill(sd.gvar.begin() + k * varRows * Bp, sd.gvar.begin() + (k + 1) * varRows * Bp, 0.0);
+    }
+    std::fill(ws.conIK.begin() + k * B, ws.conIK.begin() + (k + 1) * B, 0.0);
+  };
+  if (shared) {
+    ThreadPool::instance().run(threads, K, [&](int64_t k) {
+      ClassData unused;
+      prepareClass(k, unused);
+    });
+  }
   zeroed(ws.coef, B);
   for (int64_t i = 0; i < B; ++i)
     if (c.anchorSize[i] > 0) ws.coef[i] = -o.weightContrastive * invB * invTau / double(c.anchorSize[i]);
@@ -310,7 +345,6 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
   // per sample pair (sharedPairTerms), in a table of at most 16 MiB (2 floats per pair, at least 64
   // samples a chunk). Otherwise one chunk holds every sample. The chunk size depends on B only, so
   // the order of every sum stays independent of the threads.
-  const bool shared = c.Kv == 1;
   const int64_t chunk = shared ? std::min<int64_t>(B, std::max<int64_t>(64, (int64_t(16) << 20) / (8 * Bp))) : B;
   if (shared && int64_t(ws.hL.size()) < chunk * Bp) {
     ws.hL.resize(chunk * Bp);
@@ -330,7 +364,18 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
       });
     }
     ThreadPool::instance().run(threads, K, [&](int64_t k) {
+      thread_local ClassData cd;
+      if (!shared) prepareClass(k, cd);  // one chunk: once per class
       ClassArgs a = args0;
+      if (shared) {
+        a.muK = sd.mu.data() + k * D * Bp;
+        a.vK = sd.var.data() + k * varRows * Bp;
+        a.ivK = sd.ivar.data() + k * varRows * Bp;
+      } else {
+        a.muK = cd.muK;
+        a.vK = cd.vK;
+        a.ivK = cd.ivK;
+      }
       a.anchors = ws.classAnchors.data() + ws.classStart[k];
       a.n = ws.classStart[k + 1] - ws.classStart[k];
       a.rowBegin = std::lower_bound(a.anchors, a.anchors + a.n, int32_t(c0)) - a.anchors;
@@ -391,11 +436,14 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
   std::vector<double>& gFeatures = ws.gFeatures;
   std::vector<double>& gMu = ws.gMu;
   std::vector<double>& gVar = ws.gVar;
+  // The double gradient accumulators: each sample's rows are zeroed by the task of the per-sample
+  // pass that owns the sample (below), the first to write them, not by this thread ahead of the
+  // work (on 2 threads the workers then fetched every line from this core's cache).
   if (wantGrad) {
-    zeroed(gLogits, sh.logitsSize());
-    zeroed(gFeatures, sh.featuresSize());
-    zeroed(gMu, sh.muSize());
-    zeroed(gVar, sh.varianceSize());
+    sized(gLogits, sh.logitsSize());
+    sized(gFeatures, sh.featuresSize());
+    sized(gMu, sh.muSize());
+    sized(gVar, sh.varianceSize());
   }
 
   if (int64_t(c.invVariance.size()) < sh.varianceSize()) c.invVariance.resize(sh.varianceSize());
@@ -427,7 +475,14 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
   const math::AslParams<T> asl{T(o.gammaNeg), T(o.gammaPos), T(o.clip), T(o.eps), o.detachFocalWeight};
   const double logEps = std::log(o.eps);
   const double invB = 1.0 / double(B);
+  const int64_t varRow = c.Kv * c.Dv;  // variance values per sample
   forEachRow(threads, B, [&](int64_t i) {
+    if (wantGrad) {
+      std::fill(gLogits.begin() + i * K, gLogits.begin() + (i + 1) * K, 0.0);
+      std::fill(gFeatures.begin() + i * M, gFeatures.begin() + (i + 1) * M, 0.0);
+      std::fill(gMu.begin() + i * K * D, gMu.begin() + (i + 1) * K * D, 0.0);
+      std::fill(gVar.begin() + i * varRow, gVar.begin() + (i + 1) * varRow, 0.0);
+    }
     double aslSum = 0;
     thread_local SampleScratch scratch;
     scratch.ensure(K);
@@ -772,14 +827,17 @@ LossParts computeImpl(const Problem<T>& problem, const Options& o, const Gradien
   r.loss = o.weightAsl * r.asl + o.weightReconstruction * r.reconstruction + o.weightContrastive * r.contrastive;
 
   if (wantGrad) {
-    auto store = [](T* out, const std::vector<double>& g, int64_t n) {
+    // Sample by sample, in parallel: each row's slice of every gradient.
+    auto store = [](T* out, const std::vector<double>& g, int64_t j0, int64_t n) {
       if (out)
-        for (int64_t j = 0; j < n; ++j) out[j] = T(g[j]);
+        for (int64_t j = j0; j < j0 + n; ++j) out[j] = T(g[j]);
     };
-    store(gradients->features, gFeatures, sh.featuresSize());
-    store(gradients->logits, gLogits, sh.logitsSize());
-    store(gradients->mu, gMu, sh.muSize());
-    store(gradients->variance, gVar, sh.varianceSize());
+    forEachRow(threads, B, [&](int64_t i) {
+      store(gradients->features, gFeatures, i * M, M);
+      store(gradients->logits, gLogits, i * K, K);
+      store(gradients->mu, gMu, i * K * D, K * D);
+      store(gradients->variance, gVar, i * varRow, varRow);
+    });
   }
   return r;
 }
