@@ -32,6 +32,12 @@
 //                                           forward  2 fma-class; gradient 5 fma-class +
 //                                           1 accumulation (the per-pair scalars left out)
 //
+// "sweeps fwd %" and "sweeps grad %" compare the same floors (the forward's plus the co-positive
+// pass: per (anchor row, co-positive) 2 div + 1 log + 4 fma-class + 2 accumulations) with the time
+// spent inside the sweep tasks alone (kmcl::cpuSweepNanos: a class's copies, the pair-term
+// table, the BC, S, co-positive and gradient passes), without ASL, reconstruction, setup and
+// the pool's waits.
+//
 // Floors are CPU time (the work of all threads at one thread's rates) and "% floor" = floor / the
 // measured process CPU time of that part (CLOCK_PROCESS_CPUTIME_ID: time other programs take on a
 // shared machine does not count); the forward part includes ASL and reconstruction, O(B·K·M),
@@ -126,6 +132,7 @@ double median(std::vector<double> v) {
 
 struct Timing {
   double fwdBwdMs = NAN, fwdMs = NAN, fwdBwdCpuMs = NAN, fwdCpuMs = NAN, loss = NAN;
+  double fwdBwdSweepMs = NAN, fwdSweepMs = NAN;  // time inside the sweep tasks (kmcl::cpuSweepNanos), mean
   int runs = 0;
 };
 
@@ -146,19 +153,23 @@ Timing timeIt(Data& d, int threads, int runs, double minMs) {
   Timing t;
   t.loss = kmcl::computeCpu<float>(p, o, &g, threads).loss;  // warm-up (and workspace growth)
   kmcl::computeCpu<float>(p, o, nullptr, threads);
-  std::vector<double> fb, f, fbc, fc;
+  std::vector<double> fb, f, fbc, fc, fbs, fs;
   const auto start = std::chrono::steady_clock::now();
   while (int(fb.size()) < runs || msSince(start) < minMs) {
     auto t0 = std::chrono::steady_clock::now();
     double c0 = cpuMsNow();
+    int64_t s0 = kmcl::cpuSweepNanos();
     kmcl::computeCpu<float>(p, o, &g, threads);
     fb.push_back(msSince(t0));
     fbc.push_back(cpuMsNow() - c0);
+    fbs.push_back(double(kmcl::cpuSweepNanos() - s0) * 1e-6);
     t0 = std::chrono::steady_clock::now();
     c0 = cpuMsNow();
+    s0 = kmcl::cpuSweepNanos();
     kmcl::computeCpu<float>(p, o, nullptr, threads);
     f.push_back(msSince(t0));
     fc.push_back(cpuMsNow() - c0);
+    fs.push_back(double(kmcl::cpuSweepNanos() - s0) * 1e-6);
     if (fb.size() >= 2000) break;
   }
   t.fwdBwdMs = median(fb);
@@ -168,6 +179,8 @@ Timing timeIt(Data& d, int threads, int runs, double minMs) {
   // so single short calls under-count it; over many calls the mean is right.
   t.fwdBwdCpuMs = mean(fbc);
   t.fwdCpuMs = mean(fc);
+  t.fwdBwdSweepMs = mean(fbs);
+  t.fwdSweepMs = mean(fs);
   t.runs = int(fb.size());
   return t;
 }
@@ -182,6 +195,18 @@ int64_t anchorRows(const Data& d) {
     if (n >= 2) rows += n;
   }
   return rows;
+}
+
+// Co-positive entries of the contrastive sweeps: Σ_k n_k (n_k − 1) over classes with n_k ≥ 2.
+double coPositives(const Data& d) {
+  const int64_t B = d.shape.batch, K = d.shape.classes;
+  double total = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    double n = 0;
+    for (int64_t i = 0; i < B; ++i) n += d.labels[i * K + k] != 0 ? 1 : 0;
+    if (n >= 2) total += n * (n - 1);
+  }
+  return total;
 }
 
 // Samples with at least one positive label (the shared-variance pair terms are computed for them).
@@ -287,8 +312,8 @@ int main(int argc, char** argv) {
 
   std::string json = "{\"threads\": " + std::to_string(threads) + ", \"rows\": [";
   bool firstRow = true;
-  std::printf("\n| layout | B | K | M | ISA | fwd+bwd ms | fwd ms | grad ms | CPU ms fwd+bwd | ns/elem (CPU) | fwd %% floor | grad %% floor | runs | loss |\n");
-  std::printf("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+  std::printf("\n| layout | B | K | M | ISA | fwd+bwd ms | fwd ms | grad ms | CPU ms fwd+bwd | ns/elem (CPU) | fwd %% floor | grad %% floor | sweeps fwd %% | sweeps grad %% | runs | loss |\n");
+  std::printf("| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
   for (Data& d : problems) {
     const bool iso = d.shape.muDim == 1;
     const double rows = double(anchorRows(d));
@@ -315,24 +340,30 @@ int main(int argc, char** argv) {
         fwdFloorNs = 2 * q.fma;
         gradFloorNs = 5 * q.fma + q.accum;
       }
+      // The co-positive pass (sweep 2), per (anchor row, co-positive): J (a division), x in
+      // double (4 fma-class), log(x + logEps), q (a division), 2 accumulations.
+      const double copNs = 2 * q.div + q.log1p + 4 * q.fma + 2 * q.accum;
       const double fwdFloorMs = (elems * fwdFloorNs + tableElems * tableNs) * 1e-6;
+      const double sweepFwdFloorMs = fwdFloorMs + coPositives(d) * copNs * 1e-6;
+      const double sweepGradMs = t.fwdBwdSweepMs - t.fwdSweepMs;
       const double gradFloorMs = elems * gradFloorNs * 1e-6;
       const double gradMs = t.fwdBwdMs - t.fwdMs;
       const double gradCpuMs = t.fwdBwdCpuMs - t.fwdCpuMs;
       const double nsPer = t.fwdBwdCpuMs * 1e6 / elems;
-      std::printf("| %s | %ld | %ld | %ld | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f%% | %.0f%% | %d | %.7g |\n", layout(d.shape).c_str(),
-                  long(d.shape.batch), long(d.shape.classes), long(d.shape.dim), isas[r].c_str(), t.fwdBwdMs, t.fwdMs, gradMs,
-                  t.fwdBwdCpuMs, nsPer, 100 * fwdFloorMs / t.fwdCpuMs, 100 * gradFloorMs / gradCpuMs, t.runs, t.loss);
+      std::printf("| %s | %ld | %ld | %ld | %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.0f%% | %.0f%% | %.0f%% | %.0f%% | %d | %.7g |\n",
+                  layout(d.shape).c_str(), long(d.shape.batch), long(d.shape.classes), long(d.shape.dim), isas[r].c_str(), t.fwdBwdMs,
+                  t.fwdMs, gradMs, t.fwdBwdCpuMs, nsPer, 100 * fwdFloorMs / t.fwdCpuMs, 100 * gradFloorMs / gradCpuMs,
+                  100 * sweepFwdFloorMs / t.fwdSweepMs, 100 * gradFloorMs / sweepGradMs, t.runs, t.loss);
       std::fflush(stdout);
       char buf[1024];
       std::snprintf(buf, sizeof buf,
                     "%s{\"layout\": \"%s\", \"B\": %ld, \"K\": %ld, \"M\": %ld, \"D\": %ld, \"Kv\": %ld, \"Dv\": %ld, \"isa\": \"%s\", "
                     "\"fwdBwdMs\": %.6g, \"fwdMs\": %.6g, \"gradMs\": %.6g, \"anchorRows\": %.0f, \"pairs\": %.0f, \"elements\": %.0f, "
-                    "\"fwdBwdCpuMs\": %.6g, \"fwdCpuMs\": %.6g, \"nsPerElementCpu\": %.6g, \"fwdFloorCpuMs\": %.6g, \"gradFloorCpuMs\": %.6g, \"runs\": %d, \"loss\": %.9g, \"torchLoss\": %.9g, "
+                    "\"fwdBwdCpuMs\": %.6g, \"fwdCpuMs\": %.6g, \"nsPerElementCpu\": %.6g, \"fwdFloorCpuMs\": %.6g, \"gradFloorCpuMs\": %.6g, \"fwdSweepMs\": %.6g, \"fwdBwdSweepMs\": %.6g, \"fwdSweepFloorMs\": %.6g, \"runs\": %d, \"loss\": %.9g, \"torchLoss\": %.9g, "
                     "\"source\": \"%s\"}",
                     firstRow ? "" : ", ", layout(d.shape).c_str(), long(d.shape.batch), long(d.shape.classes), long(d.shape.dim),
                     long(d.shape.muDim), long(d.shape.varianceClasses), long(d.shape.varianceDim), isas[r].c_str(), t.fwdBwdMs, t.fwdMs,
-                    gradMs, rows, pairs, elems, t.fwdBwdCpuMs, t.fwdCpuMs, nsPer, fwdFloorMs, gradFloorMs, t.runs, t.loss, d.torchLoss, d.source.c_str());
+                    gradMs, rows, pairs, elems, t.fwdBwdCpuMs, t.fwdCpuMs, nsPer, fwdFloorMs, gradFloorMs, t.fwdSweepMs, t.fwdBwdSweepMs, sweepFwdFloorMs, t.runs, t.loss, d.torchLoss, d.source.c_str());
       json += buf;
       firstRow = false;
     }

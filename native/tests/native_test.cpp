@@ -781,6 +781,21 @@ int main(int argc, char** argv) {
       }
       unsetEnv("KMCL_CPU_ISA");
     }
+    // cpuSweepNanos (for benchmarks) counts the sweep tasks of float32 calls with contrastive
+    // work, and only those: the float64 path does not move it.
+    rep.run("isa/sweep-time-counter", [&] {
+      Verdict v;
+      const int64_t a = kmcl::cpuSweepNanos();
+      runCpu<double>(fixtures.at(0), true);
+      const int64_t b = kmcl::cpuSweepNanos();
+      runCpu<float>(fixtures.at(0), true);
+      const int64_t c2 = kmcl::cpuSweepNanos();
+      if (b != a || c2 <= b) {
+        v.ok = false;
+        v.detail = "float64 call moved it by " + std::to_string(b - a) + " ns, float32 call by " + std::to_string(c2 - b) + " ns";
+      }
+      return v;
+    });
     rep.run("isa/bad-name-is-an-error", [&] {
       Verdict v;
       setEnv("KMCL_CPU_ISA", "sse9");

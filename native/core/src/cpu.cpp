@@ -209,6 +209,16 @@ struct Workspace {
   std::vector<float> hL, hR;  // shared variance: class-independent pair terms of a chunk of samples
 };
 
+// Adds the time of its scope to gSweepNanos (cpuSweepNanos).
+struct SweepTimer {
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  ~SweepTimer() {
+    gSweepNanos.fetch_add(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count(),
+        std::memory_order_relaxed);
+  }
+};
+
 template <class V>
 void sized(V& v, size_t n) {
   if (v.size() < n) v.resize(n);
@@ -313,6 +323,7 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
   };
   if (shared) {
     ThreadPool::instance().run(threads, K, [&](int64_t k) {
+      SweepTimer timer;
       ClassData unused;
       prepareClass(k, unused);
     });
@@ -354,6 +365,7 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
     const int64_t c1 = std::min(B, c0 + chunk);
     if (shared) {
       ThreadPool::instance().run(threads, c1 - c0, [&](int64_t r) {
+        SweepTimer timer;
         const int64_t i = c0 + r;
         if (c.labelCount[i] == 0) return;
         float* L = ws.hL.data() + r * Bp;
@@ -364,6 +376,7 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
       });
     }
     ThreadPool::instance().run(threads, K, [&](int64_t k) {
+      SweepTimer timer;
       thread_local ClassData cd;
       if (!shared) prepareClass(k, cd);  // one chunk: once per class
       ClassArgs a = args0;
@@ -937,6 +950,9 @@ LossParts computeDouble(const Problem<double>& p, const Options& o, const Gradie
 // ---- the ISA-independent part: compiled once (baseline) ----
 #if defined(KMCL_ISA_BASELINE)
 namespace kmcl {
+
+std::atomic<int64_t> gSweepNanos{0};
+int64_t cpuSweepNanos() { return gSweepNanos.load(std::memory_order_relaxed); }
 
 namespace {
 

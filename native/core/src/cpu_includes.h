@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -25,6 +26,8 @@
 #include "thread_pool.h"
 
 namespace kmcl {
+// Time inside the contrastive sweep tasks (cpuSweepNanos), shared by the instruction sets.
+extern std::atomic<int64_t> gSweepNanos;
 // The float32 entry point of each compiled instruction set (cpu.cpp, cpu_avx2.cpp,
 // cpu_avx512.cpp), and the float64 reference (baseline only).
 namespace isa_baseline {

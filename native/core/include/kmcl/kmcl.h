@@ -110,6 +110,12 @@ struct CpuOpRates {
 };
 // Throws std::invalid_argument when the ISA is not compiled in or not supported by this CPU.
 CpuOpRates measureCpuOpRates(const std::string& isa);
+// For benchmarks: nanoseconds (steady clock, summed over threads) spent inside the tasks of the
+// float32 CPU path's contrastive sweeps (a class's tiled copies, the shared-variance pair terms,
+// the BC, S, co-positive and gradient passes) since the process started. The difference over a
+// call is that call's sweep time, without the per-sample ASL and reconstruction, the setup and
+// the thread pool's waits.
+int64_t cpuSweepNanos();
 
 // CUDA path (float32 only). Availability is reported, never thrown: a build without CUDA, a
 // machine without a driver, or without a device gives usable = false and the reason.
