@@ -185,27 +185,28 @@ Timing timeIt(Data& d, int threads, int runs, double minMs) {
   return t;
 }
 
+// n_k, the positive samples of each class.
+std::vector<int64_t> positivesPerClass(const Data& d) {
+  const int64_t B = d.shape.batch, K = d.shape.classes;
+  std::vector<int64_t> n(size_t(K), 0);
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t k = 0; k < K; ++k) n[size_t(k)] += d.labels[i * K + k] != 0 ? 1 : 0;
+  return n;
+}
+
 // Anchor rows of the contrastive sweeps: Σ_k n_k over classes with at least two positives.
 int64_t anchorRows(const Data& d) {
-  const int64_t B = d.shape.batch, K = d.shape.classes;
   int64_t rows = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    int64_t n = 0;
-    for (int64_t i = 0; i < B; ++i) n += d.labels[i * K + k] != 0 ? 1 : 0;
+  for (int64_t n : positivesPerClass(d))
     if (n >= 2) rows += n;
-  }
   return rows;
 }
 
-// Co-positive entries of the contrastive sweeps: Σ_k n_k (n_k − 1) over classes with n_k ≥ 2.
+// Co-positive entries of the contrastive sweeps: Σ_k n_k (n_k − 1) over the same classes.
 double coPositives(const Data& d) {
-  const int64_t B = d.shape.batch, K = d.shape.classes;
   double total = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    double n = 0;
-    for (int64_t i = 0; i < B; ++i) n += d.labels[i * K + k] != 0 ? 1 : 0;
-    if (n >= 2) total += n * (n - 1);
-  }
+  for (int64_t n : positivesPerClass(d))
+    if (n >= 2) total += double(n) * double(n - 1);
   return total;
 }
 
