@@ -273,12 +273,11 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
   }
   // Class-major (k·B + i): the tasks of different classes write different cache lines.
   sized(ws.conIK, B * K);
-  // Class k's class-major copies in tiles of kW partners (cpu_simd.inc, SimdData), and its
-  // accumulators zeroed: done by the task that then sweeps the class (unless the variance is
-  // shared, whose pair terms need every class's copy first), so the data stay in that core's cache.
-  // Without a shared variance the copies go to the sweeping thread's own buffers (a class's sweeps
-  // read only that class), which stay in its cache from call to call; with one, to sd (the pair
-  // terms read class 0's variance before the sweeps).
+  // prepareClass: class k's copies in tiles of kW partners (cpu_simd.inc) and its accumulators
+  // zeroed. Without a shared variance, by the task that then sweeps the class, into that thread's
+  // own buffers (a class's sweeps read only that class), so the data stay in one core's cache from
+  // call to call. With one, into sd for every class first (the pair terms read class 0's variance
+  // before the sweeps).
   const bool shared = c.Kv == 1;
   if (shared && int64_t(sd.mu.size()) < muN) sd.mu.resize(muN);
   if (shared && int64_t(sd.var.size()) < varN) {
