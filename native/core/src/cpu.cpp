@@ -284,23 +284,21 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
     sd.var.resize(varN);
     sd.ivar.resize(varN);
   }
-  auto prepareClass = [&](int64_t k, ClassData& cd) {
+  struct Tiles {
     float* mu;
     float* v;
     float* iv;
-    if (shared) {
-      mu = sd.mu.data() + k * D * Bp;
-      v = sd.var.data() + k * varRows * Bp;
-      iv = sd.ivar.data() + k * varRows * Bp;
-    } else {
-      cd.ensure(D * Bp, varRows * Bp);
-      mu = cd.mu.data();
-      v = cd.var.data();
-      iv = cd.ivar.data();
-    }
-    cd.muK = mu;
-    cd.vK = v;
-    cd.ivK = iv;
+  };
+  // Where class k's copies live: in sd (shared variance), or in the sweeping thread's cd.
+  auto tilesOf = [&](int64_t k, ClassData& cd) -> Tiles {
+    if (shared) return {sd.mu.data() + k * D * Bp, sd.var.data() + k * varRows * Bp, sd.ivar.data() + k * varRows * Bp};
+    cd.ensure(D * Bp, varRows * Bp);
+    return {cd.mu.data(), cd.var.data(), cd.ivar.data()};
+  };
+  auto prepareClass = [&](int64_t k, const Tiles& t) {
+    float* mu = t.mu;
+    float* v = t.v;
+    float* iv = t.iv;
     for (int64_t l = 0; l < B; ++l) {
       const float* src = c.muRow(l, k);
       for (int64_t m = 0; m < D; ++m) mu[tileOffset(l, m, D)] = src[m];
@@ -324,7 +322,7 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
     ThreadPool::instance().run(threads, K, [&](int64_t k) {
       SweepTimer timer;
       ClassData unused;
-      prepareClass(k, unused);
+      prepareClass(k, tilesOf(k, unused));
     });
   }
   zeroed(ws.coef, B);
@@ -377,17 +375,12 @@ double contrastiveSimd(const Ctx& c, Workspace& ws, int threads, bool wantGrad, 
     ThreadPool::instance().run(threads, K, [&](int64_t k) {
       SweepTimer timer;
       thread_local ClassData cd;
-      if (!shared) prepareClass(k, cd);  // one chunk: once per class
+      const Tiles t = tilesOf(k, cd);
+      if (!shared) prepareClass(k, t);  // one chunk: once per class
       ClassArgs a = args0;
-      if (shared) {
-        a.muK = sd.mu.data() + k * D * Bp;
-        a.vK = sd.var.data() + k * varRows * Bp;
-        a.ivK = sd.ivar.data() + k * varRows * Bp;
-      } else {
-        a.muK = cd.muK;
-        a.vK = cd.vK;
-        a.ivK = cd.ivK;
-      }
+      a.muK = t.mu;
+      a.vK = t.v;
+      a.ivK = t.iv;
       a.anchors = ws.classAnchors.data() + ws.classStart[k];
       a.n = ws.classStart[k + 1] - ws.classStart[k];
       a.rowBegin = std::lower_bound(a.anchors, a.anchors + a.n, int32_t(c0)) - a.anchors;

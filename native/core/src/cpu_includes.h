@@ -18,7 +18,6 @@
 #include <string>
 #include <thread>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 #include "kmcl/kmcl.h"

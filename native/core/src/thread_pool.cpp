@@ -51,8 +51,8 @@ bool spinFor(int micros, const Done& done) {
     if (std::chrono::steady_clock::now() >= deadline) return done();
     // Yield between polls: on a machine with more runnable threads than cores (other processes,
     // several callers) a spinning waiter would otherwise hold a core the work needs (measured on
-    // the 2-core build VM with a compiler running: 1.57 ms a call without the yield, 0.90 with it,
-    // 0.95 without spinning).
+    // the 2-core build VM with another process busy, isotropic B = 256: 1.57 ms a call without the
+    // yield, 0.90 with it, 0.95 without spinning).
     std::this_thread::yield();
   }
 }
