@@ -501,22 +501,24 @@ struct ReturnToPool {
 };
 using PooledBuffers = std::unique_ptr<JobBuffers, ReturnToPool>;
 
-// v sized n; within its capacity this allocates nothing. When it must grow, the old memory is
+// Capacity for n elements in v: none allocated when it has room; otherwise the old memory is
 // freed first and exactly n elements are reserved.
-void sizeTo(std::vector<float>& v, size_t n) {
+void makeRoom(std::vector<float>& v, size_t n) {
   if (v.capacity() < n) {
     std::vector<float>().swap(v);
     v.reserve(n);
   }
+}
+
+// v sized n (makeRoom, then resize).
+void sizeTo(std::vector<float>& v, size_t n) {
+  makeRoom(v, n);
   v.resize(n);
 }
 
-// v holds a copy of data[0, n); within its capacity this allocates nothing.
+// v holds a copy of data[0, n) (makeRoom, then assign).
 void copyInto(std::vector<float>& v, const float* data, size_t n) {
-  if (v.capacity() < n) {
-    std::vector<float>().swap(v);
-    v.reserve(n);
-  }
+  makeRoom(v, n);
   v.assign(data, data + n);
 }
 
