@@ -30,16 +30,19 @@ function withEnv<T>(vars: Record<string, string | undefined>, fn: () => T): T {
 type Problem32 = Parameters<typeof kmclLossRaw>[0];
 type Result64 = ReturnType<typeof kmclLossRawFloat64>;
 
+/** The float32 copy of a float64 problem. */
+function asFloat32(p64: ReturnType<typeof randomProblem>): Problem32 {
+  return Object.fromEntries(Object.entries(p64).map(([k, v]) => [k, v instanceof Float64Array ? Float32Array.from(v) : v])) as unknown as Problem32;
+}
+/** A float32 problem's values as float64 (for the float64 path on the same float-rounded inputs). */
+function asFloat64(p32: Problem32): Parameters<typeof kmclLossRawFloat64>[0] {
+  return Object.fromEntries(Object.entries(p32).map(([k, v]) => [k, v instanceof Float32Array ? Float64Array.from(v) : v])) as never;
+}
+
 /** The float32 copy of a float64 problem, and the float64 path's result on its float-rounded values. */
 function float32WithReference(p64: ReturnType<typeof randomProblem>, options: Record<string, unknown> = {}): { p32: Problem32; ref: Result64 } {
-  const p32 = Object.fromEntries(
-    Object.entries(p64).map(([k, v]) => [k, v instanceof Float64Array ? Float32Array.from(v) : v]),
-  ) as unknown as Problem32;
-  const ref = kmclLossRawFloat64(
-    Object.fromEntries(Object.entries(p32).map(([k, v]) => [k, v instanceof Float32Array ? Float64Array.from(v) : v])) as never,
-    options,
-  );
-  return { p32, ref };
+  const p32 = asFloat32(p64);
+  return { p32, ref: kmclLossRawFloat64(asFloat64(p32), options) };
 }
 
 /** On one ISA: within 1e-6 (terms) / 1e-5 (gradients) of float64, bitwise equal for 1, 2, 3, 8 threads. */
@@ -121,10 +124,8 @@ describe('CPU instruction sets', () => {
       // ASL on vectors (aslRowSimd): each option branch against the float64 path's scalar math.
       it('ASL in vectors: clip, no clip, gammas 0, the focal weight gradient, a clamping eps, logits up to ±40: within tolerance of float64', () => {
         const p64 = randomProblem({ seed: 123, B: 61, K: 21, M: 8, D: 8, Kv: 21, Dv: 8, positives: 4, logitRange: 40 }, Float64Array);
-        const p32 = Object.fromEntries(
-          Object.entries(p64).map(([k, x]) => [k, x instanceof Float64Array ? Float32Array.from(x) : x]),
-        ) as unknown as Parameters<typeof kmclLossRaw>[0];
-        const p64r = Object.fromEntries(Object.entries(p32).map(([k, x]) => [k, x instanceof Float32Array ? Float64Array.from(x) : x])) as never;
+        const p32 = asFloat32(p64);
+        const p64r = asFloat64(p32);
         const weights = { asl: 1, reconstruction: 0, contrastive: 0 };
         const optionSets = [
           {},
