@@ -6,32 +6,14 @@
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { kmclLossRaw, kmclLossRawAsync } from '../src/index.js';
-import { asyncJobStats, GRADIENT_NAMES, type KmclOut, type KmclProblem } from '../src/raw.js';
+import { asyncJobStats, GRADIENT_NAMES, type KmclProblem } from '../src/raw.js';
 import { randomProblem, type RandomProblemSpec } from './helpers.js';
+import { expectSameResult, outsFor } from './result-helpers.js';
 
 const CAP_BYTES = 256 * 2 ** 20;
 const MAX_SETS = 4;
 
 type Result = { loss: number; asl: number; reconstruction: number; contrastive: number; gradients?: Record<string, Float32Array> };
-
-function sameBits(a: Float32Array, b: Float32Array): boolean {
-  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
-}
-
-function expectSame(got: Result, want: Result, what: string) {
-  for (const t of ['loss', 'asl', 'reconstruction', 'contrastive'] as const) expect(Object.is(got[t], want[t]), `${what}: ${t}`).toBe(true);
-  expect(got.gradients === undefined, `${what}: gradients present`).toBe(want.gradients === undefined);
-  if (want.gradients) for (const g of GRADIENT_NAMES) expect(sameBits(got.gradients![g], want.gradients[g]), `${what}: ${g}`).toBe(true);
-}
-
-function outsFor(p: KmclProblem): Required<KmclOut<Float32Array>> {
-  return {
-    features: new Float32Array(p.features.length).fill(NaN),
-    logits: new Float32Array(p.logits.length).fill(NaN),
-    mu: new Float32Array(p.mu.length).fill(NaN),
-    variance: new Float32Array(p.variance.length).fill(NaN),
-  };
-}
 
 /** The pool's bounds hold after every call. */
 function expectBounded() {
@@ -48,14 +30,14 @@ describe('async calls reuse pooled buffers', () => {
   it('20 calls of one problem with out: one set at most is allocated, the other 19 calls reuse; results equal the sync call bitwise', async () => {
     const p = randomProblem(spec(601, 40, 7, 12));
     const want = kmclLossRaw(p, { device: 'cpu' });
-    const out = outsFor(p);
+    const out = outsFor(p, Float32Array);
     const s0 = asyncJobStats();
     let after1 = s0;
     for (let c = 1; c <= 20; c++) {
       out.features.fill(NaN);
       out.mu.fill(NaN);
       const got = await kmclLossRawAsync(p, { device: 'cpu', out });
-      expectSame(got as Result, want as Result, `call ${c}`);
+      expectSameResult(got as Result, want as Result, `call ${c}`);
       for (const g of GRADIENT_NAMES) expect(got.gradients![g]).toBe(out[g]);
       const s = expectBounded();
       expect(s.buffersInUse, `call ${c}: sets still held after it settled`).toBe(0);
@@ -73,7 +55,7 @@ describe('async calls reuse pooled buffers', () => {
 
   it('after a larger call, smaller calls (other shapes, with and without gradients, out or not) allocate nothing and give the sync results', async () => {
     const big = randomProblem(spec(610, 64, 9, 20));
-    expectSame((await kmclLossRawAsync(big, { device: 'cpu' })) as Result, kmclLossRaw(big, { device: 'cpu' }) as Result, 'big');
+    expectSameResult((await kmclLossRawAsync(big, { device: 'cpu' })) as Result, kmclLossRaw(big, { device: 'cpu' }) as Result, 'big');
     const s0 = expectBounded();
     expect(s0.pooledSets).toBeGreaterThanOrEqual(1);
     const smaller = [
@@ -85,9 +67,9 @@ describe('async calls reuse pooled buffers', () => {
     ];
     for (const [j, c] of smaller.entries()) {
       const want = kmclLossRaw(c.p, { device: 'cpu', gradients: c.gradients });
-      const out = c.out ? outsFor(c.p) : undefined;
+      const out = c.out ? outsFor(c.p, Float32Array) : undefined;
       const got = await kmclLossRawAsync(c.p, { device: 'cpu', gradients: c.gradients, ...(out ? { out } : {}) });
-      expectSame(got as Result, want as Result, `smaller call ${j}`);
+      expectSameResult(got as Result, want as Result, `smaller call ${j}`);
       if (c.gradients) for (const g of GRADIENT_NAMES) expect(got.gradients![g].length, `smaller call ${j}: ${g}`).toBe(c.p[g].length);
       expectBounded();
     }
@@ -103,7 +85,7 @@ describe('async calls reuse pooled buffers', () => {
     const wants = specs.map((s) => kmclLossRaw(randomProblem(s), { device: 'cpu' }));
     const s0 = asyncJobStats();
     const problems = specs.map((s) => randomProblem(s));
-    const outs = problems.map((p) => outsFor(p));
+    const outs = problems.map((p) => outsFor(p, Float32Array));
     const pending = problems.map((p, j) => kmclLossRawAsync(p, { device: 'cpu', ...(j % 2 ? { out: outs[j] } : {}) }));
     // Four sets held at once, one per pending job (none settles before this synchronous code ends).
     expect(asyncJobStats().buffersInUse - s0.buffersInUse).toBe(4);
@@ -114,14 +96,14 @@ describe('async calls reuse pooled buffers', () => {
       p.labels.fill(0.5);
     }
     const got = await Promise.all(pending);
-    for (let j = 0; j < got.length; j++) expectSame(got[j] as Result, wants[j] as Result, `call ${j}`);
+    for (let j = 0; j < got.length; j++) expectSameResult(got[j] as Result, wants[j] as Result, `call ${j}`);
     const s1 = expectBounded();
     expect(s1.buffersInUse).toBe(0);
     expect(s1.buffersAllocated + s1.buffersReused - s0.buffersAllocated - s0.buffersReused).toBe(4);
     // All four sets are idle again (the pool keeps up to 4): a second round allocates nothing.
     expect(s1.pooledSets).toBe(MAX_SETS);
     const again = await Promise.all(specs.map((s) => kmclLossRawAsync(randomProblem(s), { device: 'cpu' })));
-    for (let j = 0; j < again.length; j++) expectSame(again[j] as Result, wants[j] as Result, `again ${j}`);
+    for (let j = 0; j < again.length; j++) expectSameResult(again[j] as Result, wants[j] as Result, `again ${j}`);
     const s2 = expectBounded();
     expect(s2.buffersAllocated - s1.buffersAllocated).toBe(0);
     expect(s2.buffersReused - s1.buffersReused).toBe(4);

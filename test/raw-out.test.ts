@@ -5,32 +5,11 @@
 import { describe, expect, it } from 'vitest';
 import { kmclLossRaw, kmclLossRawAsync, kmclLossRawFloat64 } from '../src/index.js';
 import { nativeAddon } from '../src/native.js';
-import { asyncJobStats, GRADIENT_NAMES, type GradientName, type KmclOut, type KmclRawResult } from '../src/raw.js';
+import { asyncJobStats, GRADIENT_NAMES, type KmclRawResult } from '../src/raw.js';
 import { layouts, randomProblem, type RandomProblemSpec } from './helpers.js';
+import { expectSameResult, outsFor } from './result-helpers.js';
 
 type F = Float32Array | Float64Array;
-
-/** Bitwise equality of two float arrays (NaN payloads and -0 included). */
-function sameBits(a: F, b: F): boolean {
-  return a.constructor === b.constructor && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
-}
-
-function expectSameResult(got: { loss: number; asl: number; reconstruction: number; contrastive: number; gradients?: Record<GradientName, F> }, want: typeof got) {
-  for (const t of ['loss', 'asl', 'reconstruction', 'contrastive'] as const) expect(Object.is(got[t], want[t]), t).toBe(true);
-  for (const g of GRADIENT_NAMES) expect(sameBits(got.gradients![g], want.gradients![g]), g).toBe(true);
-}
-
-/** Out arrays of the problem's sizes, filled with a sentinel (NaN by default). */
-function outsFor<C extends typeof Float32Array | typeof Float64Array>(
-  p: { features: F; logits: F; mu: F; variance: F },
-  ctor: C,
-  fill = NaN,
-  names: readonly (typeof GRADIENT_NAMES)[number][] = GRADIENT_NAMES,
-): Required<KmclOut<InstanceType<C>>> {
-  const out: Record<string, F> = {};
-  for (const g of names) out[g] = new ctor(p[g].length).fill(fill);
-  return out as Required<KmclOut<InstanceType<C>>>;
-}
 
 function untouched(out: Record<string, F | undefined>, fill: number): boolean {
   return Object.values(out).every((a) => a === undefined || a.every((v) => Object.is(v, fill)));

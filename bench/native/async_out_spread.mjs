@@ -10,7 +10,7 @@ import { createRequire } from 'node:module';
 import { cpus, loadavg } from 'node:os';
 import { resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { spreadProblem } from './spread_problem.mjs';
+import { sameBits, spreadProblem } from './spread_problem.mjs';
 
 const args = process.argv.slice(2);
 const j = args.indexOf('--calls');
@@ -24,12 +24,11 @@ const builds = [
 const { B, K, M, p } = spreadProblem();
 const outFor = () => ({ features: new Float32Array(B * M), logits: new Float32Array(B * K), mu: new Float32Array(B * K * M), variance: new Float32Array(B * K * M) });
 const outs = builds.map(outFor);
-const same = (a, b) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 for (const [k, b] of builds.entries()) {
   // Each build's async call against its own sync call (two builds' kernels may round differently).
   const ref = b.addon.compute(p, {}, true, 'cpu');
   const x = await b.addon.computeAsync(p, {}, true, 'cpu', outs[k]); // warm-up, and the same numbers
-  if (x.loss !== ref.loss || !['features', 'logits', 'mu', 'variance'].every((g) => same(x.gradients[g], ref.gradients[g]))) {
+  if (x.loss !== ref.loss || !['features', 'logits', 'mu', 'variance'].every((g) => sameBits(x.gradients[g], ref.gradients[g]))) {
     throw new Error(`${b.name}: result differs from the sync call`);
   }
 }

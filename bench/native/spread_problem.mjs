@@ -1,4 +1,5 @@
-// The problem of the per-call spread benchmarks (call_spread.mjs, out_spread.mjs): B = 128,
+// The problem of the per-call spread benchmarks (call_spread.mjs, out_spread.mjs,
+// async_out_spread.mjs), and the bitwise check of their results: B = 128,
 // K = 80, M = 128, per-class variance [B, K, M], 1 … 5 positive labels per sample, seeded, as the
 // raw addon's problem object.
 export function spreadProblem() {
@@ -11,3 +12,6 @@ export function spreadProblem() {
   const p = { batch: B, classes: K, dim: M, muDim: M, varianceShape: [K, M], features: f(B * M, -1, 1), logits: f(B * K, -3, 3), labels, mu: f(B * K * M, -0.5, 0.5), variance: f(B * K * M, 1, 3) };
   return { B, K, M, p };
 }
+
+// Bitwise equality of two float arrays.
+export const sameBits = (a, b) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
